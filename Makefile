@@ -1,0 +1,35 @@
+# The two set-up commands from the README:  make study   and   make test
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA_DIR ?= ../shared/data/chest_xray
+BUDGET ?= 50
+ARGS ?=
+
+.PHONY: study test venv lint benchmark freeze serve
+
+$(BIN)/.installed: requirements.txt
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -r requirements.txt
+	touch $@
+
+venv: $(BIN)/.installed
+
+study: venv
+	$(BIN)/python run_study.py --data-dir $(DATA_DIR) --budget $(BUDGET) $(ARGS)
+
+test: venv
+	bash scripts/test.sh
+
+lint: venv
+	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+
+benchmark: venv
+	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
+
+serve: venv
+	$(BIN)/python -m service
+
+freeze:
+	$(BIN)/pip freeze > requirements.txt
