@@ -185,7 +185,9 @@ def resize(img: np.ndarray, size: int, mode: ResizeMode = "stretch") -> np.ndarr
     if mode == "crop":
         side = min(h, w)
         top, left = (h - side) // 2, (w - side) // 2
-        return cv2.resize(img[top : top + side, left : left + side], (size, size), interpolation=interp)
+        return cv2.resize(
+            img[top : top + side, left : left + side], (size, size), interpolation=interp
+        )
     if mode == "pad":
         s = size / max(h, w)
         nh, nw = max(1, round(h * s)), max(1, round(w * s))

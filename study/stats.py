@@ -1,0 +1,478 @@
+"""Honest statistics for the model comparison and the report.
+
+Everything a claim in the report rests on goes through here, so each number
+can be traced to one function:
+
+* :func:`binary_metrics` / :func:`threshold_table`: the usual operating-point
+  numbers, as plain JSON-ready floats and ints.
+* :func:`choose_threshold`: the decision threshold is fixed on *validation*
+  data with a rule stated in words (screening wants high sensitivity), never
+  tuned on the test set.
+* :func:`bootstrap_ci`: confidence intervals resample *patients*, not images.
+  The Kermany set has several X-rays per child; treating them as independent
+  makes intervals too narrow.
+* :func:`mcnemar` (paired accuracies) and :func:`delong` (paired AUCs): every
+  model is scored on the same test images, so the comparisons must be paired.
+* :func:`verdict`: one plain-language sentence per test, so the report never
+  calls a difference "better" without a p-value beside it.
+* :func:`calibration` and :func:`effect_size`: reliability curve and the error
+  analysis (do errors differ from correct cases in intensity, contrast, ...?).
+
+Conventions: label 1 = pneumonia (positive); a case is called positive when
+``prob >= threshold``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import numpy as np
+from scipy import stats as sps
+from sklearn.calibration import calibration_curve
+from sklearn.metrics import (
+    average_precision_score,
+    brier_score_loss,
+    confusion_matrix,
+    roc_auc_score,
+    roc_curve,
+)
+
+Metric = Literal["accuracy", "sensitivity", "specificity", "auc"]
+THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity")
+
+
+def _as_labels(y_true: Any) -> np.ndarray:
+    y = np.asarray(y_true).ravel()
+    if not np.isin(y, (0, 1)).all():
+        raise ValueError("y_true must contain only 0 (normal) and 1 (pneumonia)")
+    return y.astype(np.int64)
+
+
+def _as_scores(prob: Any, n: int) -> np.ndarray:
+    p = np.asarray(prob, dtype=np.float64).ravel()
+    if p.shape[0] != n:
+        raise ValueError(f"got {p.shape[0]} scores for {n} labels")
+    if not np.isfinite(p).all():
+        raise ValueError("scores contain NaN or inf")
+    return p
+
+
+def _ratio(num: float, den: float) -> float | None:
+    """None (JSON null) instead of NaN when a rate is undefined, e.g. no positives."""
+    return float(num / den) if den > 0 else None
+
+
+def _counts(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
+    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+
+
+def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
+    """Operating-point and ranking metrics in one JSON-serialisable dict.
+
+    Undefined values (AUC with one class present, precision with no positive
+    calls) are ``None`` rather than NaN, because NaN is not valid JSON.
+    """
+    y = _as_labels(y_true)
+    p = _as_scores(prob, y.size)
+    c = _counts(y, (p >= threshold).astype(np.int64))
+    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
+    sens = _ratio(tp, tp + fn)
+    prec = _ratio(tp, tp + fp)
+    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
+    both = 0 < y.sum() < y.size
+    return {
+        "threshold": float(threshold),
+        "n": int(y.size),
+        "accuracy": _ratio(tp + tn, y.size),
+        "sensitivity": sens,
+        "specificity": _ratio(tn, tn + fp),
+        "precision": prec,
+        "f1": f1,
+        "auc": float(roc_auc_score(y, p)) if both else None,
+        "pr_auc": float(average_precision_score(y, p)) if both else None,
+        "confusion": c,
+    }
+
+
+def choose_threshold(y_true: Any, prob: Any, min_sensitivity: float = 0.95) -> tuple[float, str]:
+    """Fix the operating point on validation data, by a rule that can be written down.
+
+    Among all cut-offs (every distinct validation score), keep those with
+    sensitivity >= ``min_sensitivity`` and take the one with the highest
+    specificity; ties go to the higher threshold (fewer false alarms on new
+    data for the same validation result). Because specificity can only fall
+    as the threshold falls, this is the highest threshold that still meets the
+    sensitivity floor.
+    """
+    y = _as_labels(y_true)
+    p = _as_scores(prob, y.size)
+    if y.sum() == 0 or y.sum() == y.size:
+        raise ValueError("choose_threshold needs both classes in the validation data")
+    if not 0.0 <= min_sensitivity <= 1.0:
+        raise ValueError("min_sensitivity must be in [0, 1]")
+    fpr, tpr, thr = roc_curve(y, p, drop_intermediate=False)
+    finite = np.isfinite(thr)  # roc_curve prepends +inf (call nothing positive)
+    fpr, tpr, thr = fpr[finite], tpr[finite], thr[finite]
+    ok = np.flatnonzero(tpr >= min_sensitivity - 1e-12)
+    # tpr reaches 1 at the lowest score, so ok is never empty.
+    spec = 1.0 - fpr[ok]
+    best = ok[spec == spec.max()]
+    i = best[np.argmax(thr[best])]
+    t = float(thr[i])
+    rule = (
+        f"Threshold {t:.4f} was chosen on validation data (n = {y.size}) as the cut-off with "
+        f"the highest specificity ({1.0 - fpr[i]:.3f}) among those with sensitivity of at "
+        f"least {min_sensitivity:.2f} (achieved {tpr[i]:.3f}); ties go to the higher "
+        f"threshold. An X-ray is called pneumonia when its predicted probability is "
+        f">= {t:.4f}."
+    )
+    return t, rule
+
+
+def threshold_table(y_true: Any, prob: Any, thresholds: Sequence[float]) -> list[dict[str, Any]]:
+    """Sensitivity/specificity/precision at several cut-offs, to show the trade-off."""
+    y = _as_labels(y_true)
+    p = _as_scores(prob, y.size)
+    rows = []
+    for t in thresholds:
+        m = binary_metrics(y, p, float(t))
+        rows.append(
+            {
+                "threshold": float(t),
+                "sensitivity": m["sensitivity"],
+                "specificity": m["specificity"],
+                "precision": m["precision"],
+                **m["confusion"],
+            }
+        )
+    return rows
+
+
+# --------------------------------------------------------------------------- bootstrap
+
+
+class BootstrapCI(tuple):
+    """``(point, lo, hi)``; unpacks like a 3-tuple but also says how many resamples were skipped.
+
+    Resamples that contain only one class leave AUC (and sensitivity or
+    specificity) undefined; they are dropped and counted in ``n_skipped``
+    rather than silently biasing the interval.
+    """
+
+    point: float
+    lo: float
+    hi: float
+
+    def __new__(
+        cls, point: float, lo: float, hi: float, *, metric: str, n_boot: int, n_skipped: int,
+        alpha: float, n_groups: int,
+    ) -> BootstrapCI:  # fmt: skip
+        self = super().__new__(cls, (point, lo, hi))
+        self.point, self.lo, self.hi = point, lo, hi
+        self.metric, self.n_boot, self.n_skipped = metric, n_boot, n_skipped
+        self.alpha, self.n_groups = alpha, n_groups
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "metric": self.metric,
+            "point": self.point,
+            "lo": self.lo,
+            "hi": self.hi,
+            "level": 1.0 - self.alpha,
+            "n_boot": self.n_boot,
+            "n_skipped": self.n_skipped,
+            "n_groups": self.n_groups,
+            "method": "patient-level (cluster) percentile bootstrap",
+        }
+
+
+def _metric_from_counts(metric: str, tn: Any, fp: Any, fn: Any, tp: Any) -> Any:
+    """Vectorised over bootstrap replicates; NaN where the rate is undefined."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        if metric == "accuracy":
+            return (tp + tn) / (tn + fp + fn + tp)
+        if metric == "sensitivity":
+            return tp / (tp + fn)
+        if metric == "specificity":
+            return tn / (tn + fp)
+    raise ValueError(f"unknown metric {metric!r}")
+
+
+def bootstrap_ci(
+    y_true: Any,
+    prob: Any,
+    groups: Any,
+    metric: Metric,
+    threshold: float | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> BootstrapCI:
+    """Percentile CI that resamples patients (all of a patient's images together).
+
+    Drawing group ids with replacement is the same as giving each group a
+    multinomial multiplicity, so each replicate is a weighted sum of per-group
+    confusion counts (threshold metrics) or a weighted AUC; no index arrays are
+    materialised. Pass ``groups=np.arange(n)`` for the ordinary image-level
+    bootstrap.
+    """
+    y = _as_labels(y_true)
+    p = _as_scores(prob, y.size)
+    g = np.asarray(groups).ravel()
+    if g.shape[0] != y.size:
+        raise ValueError(f"got {g.shape[0]} group ids for {y.size} labels")
+    if metric not in (*THRESHOLD_METRICS, "auc"):
+        raise ValueError(f"unknown metric {metric!r}; use accuracy, sensitivity, specificity, auc")
+    if metric != "auc" and threshold is None:
+        raise ValueError(f"{metric} needs a threshold (choose it on validation data)")
+    _, inv = np.unique(g, return_inverse=True)
+    n_groups = int(inv.max()) + 1
+    rng = np.random.default_rng(seed)
+    uniform = np.full(n_groups, 1.0 / n_groups)
+    reps = np.empty(n_boot)
+    chunk = max(1, min(n_boot, 4_000_000 // n_groups))  # bound the (chunk, n_groups) matrix
+
+    if metric == "auc":
+        if y.sum() in (0, y.size):
+            raise ValueError("AUC needs both classes")
+        point = float(roc_auc_score(y, p))
+        pos_per_group = np.bincount(inv, weights=y, minlength=n_groups)
+        neg_per_group = np.bincount(inv, weights=1 - y, minlength=n_groups)
+    else:
+        pred = (p >= threshold).astype(np.int64)
+        per_group = np.stack(
+            [
+                np.bincount(inv, weights=(y == 0) & (pred == 0), minlength=n_groups),
+                np.bincount(inv, weights=(y == 0) & (pred == 1), minlength=n_groups),
+                np.bincount(inv, weights=(y == 1) & (pred == 0), minlength=n_groups),
+                np.bincount(inv, weights=(y == 1) & (pred == 1), minlength=n_groups),
+            ],
+            axis=1,
+        )
+        point = float(_metric_from_counts(metric, *per_group.sum(axis=0)))
+
+    for start in range(0, n_boot, chunk):
+        mult = rng.multinomial(n_groups, uniform, size=min(chunk, n_boot - start))
+        if metric == "auc":
+            has_both = (mult @ pos_per_group > 0) & (mult @ neg_per_group > 0)
+            for j, (m, ok) in enumerate(zip(mult, has_both, strict=True)):
+                reps[start + j] = roc_auc_score(y, p, sample_weight=m[inv]) if ok else np.nan
+        else:
+            reps[start : start + len(mult)] = _metric_from_counts(metric, *(mult @ per_group).T)
+
+    valid = reps[np.isfinite(reps)]
+    n_skipped = int(n_boot - valid.size)
+    if valid.size == 0:
+        raise ValueError(f"every bootstrap resample left {metric} undefined")
+    lo, hi = np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    return BootstrapCI(
+        point, float(lo), float(hi), metric=metric, n_boot=n_boot, n_skipped=n_skipped,
+        alpha=alpha, n_groups=n_groups,
+    )  # fmt: skip
+
+
+# --------------------------------------------------------------------------- paired tests
+
+
+def mcnemar(y_true: Any, pred_a: Any, pred_b: Any) -> dict[str, Any]:
+    """Paired test of two classifiers' accuracies on the same images.
+
+    Only discordant images carry information: b = A right and B wrong,
+    c = A wrong and B right. Under H0 b ~ Binomial(b + c, 1/2). With fewer than
+    25 discordant pairs the chi-square approximation is poor, so the exact
+    binomial test is used; otherwise chi-square with continuity correction,
+    (|b - c| - 1)^2 / (b + c) on 1 degree of freedom.
+    """
+    y = _as_labels(y_true)
+    a = np.asarray(pred_a).ravel().astype(np.int64)
+    bb = np.asarray(pred_b).ravel().astype(np.int64)
+    if a.shape != y.shape or bb.shape != y.shape:
+        raise ValueError("y_true, pred_a and pred_b must have the same length")
+    ok_a, ok_b = a == y, bb == y
+    n11 = int(np.sum(ok_a & ok_b))
+    b = int(np.sum(ok_a & ~ok_b))
+    c = int(np.sum(~ok_a & ok_b))
+    n00 = int(np.sum(~ok_a & ~ok_b))
+    if b + c == 0:
+        method, stat, pval = "exact binomial", 0.0, 1.0
+    elif b + c < 25:
+        method = "exact binomial"
+        stat = float(min(b, c))
+        pval = float(sps.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    else:
+        method = "chi-square with continuity correction"
+        stat = float((abs(b - c) - 1) ** 2 / (b + c))
+        pval = float(sps.chi2.sf(stat, df=1))
+    return {
+        "test": "McNemar",
+        "method": method,
+        "metric": "accuracy",
+        "value_a": float(ok_a.mean()),
+        "value_b": float(ok_b.mean()),
+        "table": [[n11, b], [c, n00]],  # rows: A right/wrong, cols: B right/wrong
+        "b": b,
+        "c": c,
+        "n": int(y.size),
+        "statistic": stat,
+        "p_value": min(1.0, pval),
+    }
+
+
+def _placements(scores: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """DeLong structural components for each row of ``scores`` (positives first).
+
+    V10[k, i]: share of negatives scored below positive i (ties count 1/2);
+    V01[k, j]: share of positives scored above negative j. Midranks make ties
+    count 1/2 without an O(m*n) comparison matrix.
+    """
+    pos, neg = scores[:, :m], scores[:, m:]
+    n = neg.shape[1]
+    r_all = sps.rankdata(scores, axis=1)
+    r_pos = sps.rankdata(pos, axis=1)
+    r_neg = sps.rankdata(neg, axis=1)
+    v10 = (r_all[:, :m] - r_pos) / n
+    v01 = 1.0 - (r_all[:, m:] - r_neg) / m
+    auc = v10.mean(axis=1)
+    return auc, v10, v01
+
+
+def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
+    """Paired DeLong (1988) test that two correlated ROC AUCs are equal.
+
+    The AUC is the mean placement value; its covariance matrix is
+    S10/m + S01/n, with S10 and S01 the sample covariances (ddof=1) of the
+    positives' and negatives' placement values across the two models. The
+    difference is referred to a standard normal (two-sided).
+    """
+    y = _as_labels(y_true)
+    sa = _as_scores(score_a, y.size)
+    sb = _as_scores(score_b, y.size)
+    m, n = int(y.sum()), int(y.size - y.sum())
+    if m < 2 or n < 2:
+        raise ValueError("DeLong needs at least two positives and two negatives")
+    order = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)])
+    auc, v10, v01 = _placements(np.stack([sa[order], sb[order]]), m)
+    cov = np.cov(v10) / m + np.cov(v01) / n
+    diff = float(auc[0] - auc[1])
+    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
+    se = math.sqrt(max(var, 0.0))
+    if se > 0:
+        z = diff / se
+        pval = float(2 * sps.norm.sf(abs(z)))
+    else:  # identical rankings (or both perfect): no evidence of a difference
+        z, pval = 0.0, 1.0 if diff == 0 else 0.0
+    q = float(sps.norm.ppf(0.975))
+    return {
+        "test": "DeLong",
+        "metric": "AUC",
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "value_a": float(auc[0]),
+        "value_b": float(auc[1]),
+        "var_a": float(cov[0, 0]),
+        "var_b": float(cov[1, 1]),
+        "cov_ab": float(cov[0, 1]),
+        "diff": diff,
+        "se": se,
+        "diff_ci95": [diff - q * se, diff + q * se],
+        "z": float(z),
+        "p_value": pval,
+        "n_pos": m,
+        "n_neg": n,
+    }
+
+
+def _fmt_p(p: float) -> str:
+    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+
+
+def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float = 0.05) -> str:
+    """One sentence for the report, so no difference is called 'better' without its p-value."""
+    metric = test_result.get("metric", "performance")
+    va, vb = test_result.get("value_a"), test_result.get("value_b")
+    p = float(test_result["p_value"])
+    test = test_result.get("test", "test")
+    if test == "McNemar":
+        test = f"McNemar {test_result['method'].split(' with')[0]}"
+        detail = f"; {test_result['b']} vs {test_result['c']} discordant images"
+    else:
+        detail = ""
+    stat = f"({test} {_fmt_p(p)}{detail})"
+    values = f" ({va:.3f} vs {vb:.3f})" if va is not None and vb is not None else ""
+    if p < alpha and va is not None and vb is not None and va != vb:
+        hi_name, lo_name = (name_a, name_b) if va > vb else (name_b, name_a)
+        hv, lv = max(va, vb), min(va, vb)
+        return (
+            f"{hi_name} has a significantly higher {metric} than {lo_name} "
+            f"({hv:.3f} vs {lv:.3f}) at the {alpha:g} level {stat}."
+        )
+    return (
+        f"The difference in {metric} between {name_a} and {name_b}{values} is not "
+        f"statistically significant at the {alpha:g} level {stat}."
+    )
+
+
+# --------------------------------------------------------------------------- calibration, errors
+
+
+def calibration(
+    y_true: Any, prob: Any, n_bins: int = 10, strategy: Literal["uniform", "quantile"] = "uniform"
+) -> dict[str, Any]:
+    """Reliability curve + Brier score: does 'P = 0.8' mean 80 % pneumonia?
+
+    Empty bins are dropped (as sklearn does). ``count`` and the expected
+    calibration error are reported for uniform bins only, using the same bin
+    edges as :func:`sklearn.calibration.calibration_curve`.
+    """
+    y = _as_labels(y_true)
+    p = _as_scores(prob, y.size)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+    out: dict[str, Any] = {
+        "n_bins": n_bins,
+        "strategy": strategy,
+        "prob_pred": [float(v) for v in prob_pred],
+        "prob_true": [float(v) for v in prob_true],
+        "brier": float(brier_score_loss(y, p)),
+    }
+    if strategy == "uniform":
+        edges = np.linspace(0.0, 1.0, n_bins + 1)
+        counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+        counts = counts[counts > 0]
+        if counts.size == prob_true.size:
+            out["count"] = [int(c) for c in counts]
+            out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
+    return out
+
+
+def effect_size(a: Any, b: Any) -> dict[str, Any]:
+    """How different two groups are (e.g. contrast of misclassified vs correct X-rays).
+
+    Cohen's d (pooled SD) says how large the shift is; the Mann-Whitney U test
+    (two-sided, no normality assumption) says whether it could be chance. The
+    rank-biserial correlation is U's own effect size: P(a > b) - P(a < b).
+    """
+    x = np.asarray(a, dtype=np.float64).ravel()
+    z = np.asarray(b, dtype=np.float64).ravel()
+    if x.size < 2 or z.size < 2:
+        raise ValueError("effect_size needs at least two values in each group")
+    n1, n2 = x.size, z.size
+    pooled = math.sqrt(((n1 - 1) * x.var(ddof=1) + (n2 - 1) * z.var(ddof=1)) / (n1 + n2 - 2))
+    diff = float(x.mean() - z.mean())
+    d = diff / pooled if pooled > 0 else (0.0 if diff == 0 else math.copysign(math.inf, diff))
+    u = sps.mannwhitneyu(x, z, alternative="two-sided")
+    return {
+        "n_a": int(n1),
+        "n_b": int(n2),
+        "mean_a": float(x.mean()),
+        "mean_b": float(z.mean()),
+        "median_a": float(np.median(x)),
+        "median_b": float(np.median(z)),
+        "cohens_d": float(d),
+        "mannwhitney_u": float(u.statistic),
+        "p_value": float(u.pvalue),
+        "rank_biserial": float(2 * u.statistic / (n1 * n2) - 1),
+    }
