@@ -167,9 +167,17 @@ class BootstrapCI(tuple):
     hi: float
 
     def __new__(
-        cls, point: float, lo: float, hi: float, *, metric: str, n_boot: int, n_skipped: int,
-        alpha: float, n_groups: int,
-    ) -> BootstrapCI:  # fmt: skip
+        cls,
+        point: float,
+        lo: float,
+        hi: float,
+        *,
+        metric: str,
+        n_boot: int,
+        n_skipped: int,
+        alpha: float,
+        n_groups: int,
+    ) -> BootstrapCI:
         self = super().__new__(cls, (point, lo, hi))
         self.point, self.lo, self.hi = point, lo, hi
         self.metric, self.n_boot, self.n_skipped = metric, n_boot, n_skipped
@@ -270,9 +278,15 @@ def bootstrap_ci(
         raise ValueError(f"every bootstrap resample left {metric} undefined")
     lo, hi = np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)])
     return BootstrapCI(
-        point, float(lo), float(hi), metric=metric, n_boot=n_boot, n_skipped=n_skipped,
-        alpha=alpha, n_groups=n_groups,
-    )  # fmt: skip
+        point,
+        float(lo),
+        float(hi),
+        metric=metric,
+        n_boot=n_boot,
+        n_skipped=n_skipped,
+        alpha=alpha,
+        n_groups=n_groups,
+    )
 
 
 # --------------------------------------------------------------------------- paired tests
