@@ -136,5 +136,5 @@ build local/redis:$SUITE redis "redis-server" customise_redis \
 build local/postgres:$SUITE postgres "postgresql-15" customise_postgres \
   "ENV PATH=$PG:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
   'ENV PGDATA=/var/lib/postgresql/data' 'ENV LANG=C.UTF-8' \
-  'USER postgres' 'EXPOSE 5432' 'STOPSIGNAL SIGINT' \
+  'USER postgres' 'EXPOSE 5432' \
   'ENTRYPOINT ["/usr/local/bin/docker-entrypoint.sh"]' 'CMD ["postgres"]'

@@ -14,7 +14,7 @@ import os
 import sys
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,7 +74,11 @@ def build_cache(
         meta = json.loads(meta_path.read_text())
         images = np.load(directory / "images.npy", mmap_mode="r")
         return ImageCache(
-            directory, meta["paths"], np.asarray(images), meta["failed"], True,
+            directory,
+            meta["paths"],
+            np.asarray(images),
+            meta["failed"],
+            True,
             time.perf_counter() - t0,
         )
     ordered = sorted(paths)
@@ -82,8 +86,10 @@ def build_cache(
     images = np.zeros((n, cfg.image_size, cfg.image_size), np.uint8)
     ok = np.zeros(n, bool)
     failed: dict[str, str] = {}
-    with ProcessPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = pool.map(_prepare_file, [(p, cfg) for p in ordered], chunksize=32)
+    # Threads, not processes: OpenCV releases the GIL while decoding and filtering, and
+    # no process is forked after TensorFlow was imported.
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = pool.map(_prepare_file, [(p, cfg) for p in ordered])
         for i, (img, err) in enumerate(results):
             if err is None:
                 images[i], ok[i] = img, True

@@ -55,7 +55,7 @@ def patient_and_subtype(filename: str, label: int) -> tuple[str, str]:
     return f"file:{name}", "normal" if label == 0 else "unknown"
 
 
-def scan(root: Path, origin: str = "kermany") -> list[ImageRecord]:
+def scan(root: Path, origin: str = "kermany", require_train: bool = True) -> list[ImageRecord]:
     """List every image under root/<split>/<CLASS>/; a missing root is a clear error."""
     root = Path(root)
     if not root.is_dir():
@@ -76,11 +76,17 @@ def scan(root: Path, origin: str = "kermany") -> list[ImageRecord]:
                     if origin != "kermany":
                         patient = f"{origin}:{patient}"
                     records.append(ImageRecord(str(p), label, patient, subtype, split, "", origin))
-    if not any(r.source_split == "train" for r in records) and origin == "kermany":
+    if (
+        require_train
+        and origin == "kermany"
+        and not any(r.source_split == "train" for r in records)
+    ):
         raise FileNotFoundError(
             f"no training images under {root}/train/{{NORMAL,PNEUMONIA}}; is --data-dir the "
             "folder that holds train/ (e.g. ../shared/data/chest_xray)?"
         )
+    if not records:
+        raise FileNotFoundError(f"no images under {root}/<split>/{{NORMAL,PNEUMONIA}}/")
     return records
 
 

@@ -39,6 +39,7 @@ def decode_dicom(data: bytes, max_pixels: int = 60_000_000) -> tuple[np.ndarray,
     if rows * cols > max_pixels:
         raise ImageDecodeError(f"DICOM is {cols}x{rows}, over the {max_pixels} pixel limit")
     meta["bit_depth"] = int(getattr(ds, "BitsStored", 0) or 0)
+    _ensure_transfer_syntax(ds)
     meta["transfer_syntax"] = str(getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", ""))
     try:
         arr = ds.pixel_array
@@ -55,3 +56,23 @@ def decode_dicom(data: bytes, max_pixels: int = 60_000_000) -> tuple[np.ndarray,
     if meta["PhotometricInterpretation"] == "MONOCHROME1":
         arr = arr.max() - arr
     return arr, meta
+
+
+def _ensure_transfer_syntax(ds: Any) -> None:
+    """ACR-NEMA files (no preamble, no file meta) lack a TransferSyntaxUID, and pydicom
+    then refuses ``pixel_array``. Such files are always uncompressed, so the syntax is the
+    encoding pydicom actually parsed them with."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    file_meta = getattr(ds, "file_meta", None)
+    if file_meta is not None and getattr(file_meta, "TransferSyntaxUID", None):
+        return
+    implicit, little = getattr(ds, "original_encoding", (True, True))
+    if implicit or implicit is None:
+        uid = ImplicitVRLittleEndian
+    else:
+        uid = ExplicitVRLittleEndian if little or little is None else ExplicitVRBigEndian
+    if file_meta is None:
+        ds.file_meta = file_meta = FileMetaDataset()
+    file_meta.TransferSyntaxUID = uid

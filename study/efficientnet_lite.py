@@ -32,6 +32,7 @@ can unfreeze the top of the network for fine-tuning.
 from __future__ import annotations
 
 import math
+import re
 import string
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -314,11 +315,14 @@ def preprocessing_layer(input_max: float = 255.0, name: str = "efficientnet_lite
     ``Rescaling`` serialises cleanly into SavedModels, unlike a ``Lambda``.
     """
     return keras.layers.Rescaling(
-        scale=input_max / STDDEV_RGB[0], offset=-MEAN_RGB[0] / STDDEV_RGB[0], name=name
+        scale=255.0 / (input_max * STDDEV_RGB[0]), offset=-MEAN_RGB[0] / STDDEV_RGB[0], name=name
     )
 
 
 # --------------------------------------------------------------------------- fine-tuning
+
+
+_BLOCK = re.compile(r"^block\d+[a-z]+$")
 
 
 def _iter_layers(model: keras.Model) -> Iterator[keras.layers.Layer]:
@@ -335,7 +339,7 @@ def block_names(model: keras.Model) -> list[str]:
     seen: list[str] = []
     for layer in _iter_layers(model):
         prefix = layer.name.split("_", 1)[0]
-        if prefix.startswith("block") and prefix not in seen:
+        if _BLOCK.match(prefix) and prefix not in seen:
             seen.append(prefix)
     return seen
 
@@ -365,7 +369,7 @@ def set_trainable_top_blocks(model: keras.Model, n: int, train_batchnorm: bool =
     _set_nested_trainable(model)
     for layer in _iter_layers(model):
         prefix = layer.name.split("_", 1)[0]
-        if prefix.startswith("block"):
+        if _BLOCK.match(prefix):
             trainable = prefix in top
         elif prefix == "stem":
             trainable = stem_trainable

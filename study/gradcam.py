@@ -14,11 +14,15 @@ saturated probability (P = 1.0 in float32, and much earlier in bfloat16) are
 exactly zero and would give blank heatmaps for the most confident cases.
 
 Transfer-learning models wrap a backbone (a functional model) as one layer,
-so the last convolution is not in ``model.layers``. We then build a
-two-output model *inside* the backbone (its conv map and its output) and run
-the outer model's layers in sequence, swapping in that two-output backbone.
-The result is checked against ``model(images)``, so an outer graph that is
-not a simple chain fails loudly instead of giving a wrong heatmap.
+so the last convolution is not in ``model.layers`` and its output is a tensor
+of the backbone's own graph, not of the outer one. We therefore rebuild the
+graph: a two-output model inside the backbone (its feature map and its
+output), then the outer graph re-run symbolically with
+``keras.models.clone_model(clone_function=identity, call_function=...)``,
+which reuses every layer (same weights) and swaps in the two-output
+backbone. That works for any outer DAG, and nesting of any depth. The
+rebuilt model is checked once against ``model(x)`` and cached on the model,
+so the service pays for it only on the first heatmap.
 """
 
 from __future__ import annotations
@@ -29,12 +33,7 @@ from typing import Any
 import cv2
 import numpy as np
 
-Forward = Callable[[Any], tuple[Any, Any]]
-_NOT_A_CHAIN = (
-    "rebuilt forward pass does not reproduce the model; the outer model is not a simple chain "
-    "of layers around the nested backbone: pass layer_name of a top-level 4-D layer instead"
-)
-
+_CACHE_ATTR = "_pneumoscope_gradcam_cache"
 
 # --------------------------------------------------------------------------- finding the layer
 
@@ -85,41 +84,62 @@ def find_conv_path(model: Any, layer_name: str | None = None) -> list[Any]:
 # --------------------------------------------------------------------------- forward pass
 
 
-def _two_output(container: Any, target: Any) -> Forward:
+def _two_output_inner(container: Any, target: Any) -> Any:
     """Target layer directly inside ``container``: one functional model gives both outputs."""
     import keras
 
-    sub = keras.Model(container.inputs, [target.output, container.output])
-    return lambda x: tuple(sub(x, training=False))
+    try:
+        return keras.Model(container.inputs, [target.output, container.output])
+    except ValueError as e:  # layer.output is its first call's output, maybe in another model
+        raise ValueError(
+            f"layer {target.name!r} was called in more than one model, so its output is not "
+            f"unique; build {container.name!r} from its own layer instances"
+        ) from e
 
 
-def _chain(container: Any, child: Any, child_fn: Forward) -> Forward:
-    """Run ``container``'s layers in order, swapping ``child`` for its two-output version."""
+def _two_output_outer(container: Any, child: Any, child_two: Any) -> Any:
+    """Re-run ``container``'s graph with ``child`` swapped for its two-output version.
+
+    Same layer objects, so same weights; only the wiring to the feature map is new.
+    """
     import keras
 
-    layers = [la for la in container.layers if not isinstance(la, keras.layers.InputLayer)]
+    captured: list[Any] = []
 
-    def run(x: Any) -> tuple[Any, Any]:
-        conv = None
-        try:
-            for layer in layers:
-                # Outside model.fit, training defaults to inference (no dropout, BN moving stats).
-                conv, x = child_fn(x) if layer is child else (conv, layer(x))
-        except Exception as e:  # a layer that takes several inputs, etc.
-            raise RuntimeError(_NOT_A_CHAIN) from e
-        return conv, x
+    if isinstance(container, keras.Sequential):  # clone_model ignores call_function here
+        inp = keras.Input(container.inputs[0].shape[1:], dtype=container.inputs[0].dtype)
+        x = inp
+        for layer in container.layers:
+            if layer is child:
+                conv, x = child_two(x)
+                captured.append(conv)
+            else:
+                x = layer(x)
+        return keras.Model(inp, [captured[0], x])
 
-    return run
+    def call(layer: Any, *args: Any, **kwargs: Any) -> Any:
+        if layer is child:
+            conv, out = child_two(*args, **kwargs)
+            captured.append(conv)
+            return out
+        return layer(*args, **kwargs)
+
+    clone = keras.models.clone_model(
+        container, clone_function=lambda layer: layer, call_function=call
+    )
+    if len(captured) != 1:
+        raise ValueError(f"{child.name!r} is called {len(captured)} times in {container.name!r}")
+    return keras.Model(clone.inputs, [captured[0], *clone.outputs])
 
 
-def build_forward(model: Any, layer_name: str | None = None) -> tuple[Forward, str, bool]:
-    """images -> (feature map, prediction); the CAM layer's name; whether it is nested."""
+def build_grad_model(model: Any, layer_name: str | None = None) -> tuple[Any, str, bool]:
+    """A Keras model x -> [feature map, prediction]; the CAM layer's name; whether nested."""
     path = find_conv_path(model, layer_name)
     target = path[-1]
-    fn = _two_output(path[-2], target)
+    grad_model = _two_output_inner(path[-2], target)
     for container, child in zip(reversed(path[:-2]), reversed(path[1:-1]), strict=True):
-        fn = _chain(container, child, fn)
-    return fn, target.name, len(path) > 2
+        grad_model = _two_output_outer(container, child, grad_model)
+    return grad_model, target.name, len(path) > 2
 
 
 # --------------------------------------------------------------------------- Grad-CAM
@@ -133,21 +153,65 @@ def _score(pred: Any, class_index: int) -> Any:
     return tf.cast(out[:, class_index], tf.float32)
 
 
+def _cam_step(model: Any, layer_name: str | None, class_index: int) -> Callable[[Any], Any]:
+    """Compiled x -> (cams at feature-map size, prediction), built once per model and layer."""
+    import tensorflow as tf
+
+    cache = model.__dict__.get(_CACHE_ATTR)
+    if cache is None:
+        cache = {}
+        # Plain attribute (not Keras-tracked): it is not saved, and it dies with the model.
+        object.__setattr__(model, _CACHE_ATTR, cache)
+    key = (layer_name, class_index)
+    if key in cache:
+        return cache[key]
+    grad_model, _, nested = build_grad_model(model, layer_name)
+
+    # Batch dimension left open: one trace serves the service's single images and batches.
+    spec = tf.TensorSpec(grad_model.inputs[0].shape, tf.float32)
+
+    @tf.function(input_signature=[spec])
+    def step(x: Any) -> tuple[Any, Any]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)  # frozen backbones have no trainable variables to record the graph
+            conv, pred = grad_model(x, training=False)
+            score = _score(pred, class_index)
+        grads = tape.gradient(score, conv)
+        if grads is None:
+            raise ValueError("the prediction does not depend on the chosen layer's output")
+        conv32 = tf.cast(conv, tf.float32)
+        weights = tf.reduce_mean(tf.cast(grads, tf.float32), axis=(1, 2), keepdims=True)
+        return tf.nn.relu(tf.reduce_sum(conv32 * weights, axis=-1)), tf.cast(pred, tf.float32)
+
+    checked = not nested
+
+    def run(x: Any) -> Any:
+        nonlocal checked
+        cams, pred = step(x)
+        if not checked:  # a rebuilt graph must reproduce the model before it is trusted
+            ref = tf.cast(model(x, training=False), tf.float32).numpy()
+            got = pred.numpy()
+            if ref.shape != got.shape or not np.allclose(ref, got, atol=2e-2, rtol=2e-2):
+                raise RuntimeError("the rebuilt Grad-CAM graph does not reproduce the model")
+            checked = True
+        return cams.numpy()
+
+    cache[key] = run
+    return run
+
+
 def gradcam(
     model: Any,
     images: np.ndarray,
     layer_name: str | None = None,
     class_index: int = 0,
     batch_size: int = 32,
-    check: bool = True,
 ) -> np.ndarray:
     """Heatmaps (N, H, W) in [0, 1] at input resolution, for output unit ``class_index``.
 
     Works for bfloat16 models (``mixed_bfloat16``): feature maps and
     gradients are cast to float32 before weighting. A heatmap with no positive
-    evidence is all zeros rather than noise scaled up to 1. For nested
-    models ``check`` compares the rebuilt forward pass with ``model(x)`` on
-    the first batch, which catches an outer graph that is not a plain chain.
+    evidence is all zeros rather than noise scaled up to 1.
     """
     import tensorflow as tf
 
@@ -157,25 +221,11 @@ def gradcam(
     if x_all.ndim != 4:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got {x_all.shape}")
     n, h, w = x_all.shape[:3]
-    forward, _, nested = build_forward(model, layer_name)
+    run = _cam_step(model, layer_name, class_index)
     out = np.zeros((n, h, w), np.float32)
     for start in range(0, n, batch_size):
-        x = tf.convert_to_tensor(x_all[start : start + batch_size])
-        with tf.GradientTape() as tape:
-            tape.watch(x)  # frozen backbones have no trainable variables to record the graph
-            conv, pred = forward(x)
-            score = _score(pred, class_index)
-        if check and nested and start == 0:
-            ref = np.asarray(tf.cast(model(x, training=False), tf.float32))
-            got = np.asarray(tf.cast(pred, tf.float32))
-            if ref.shape != got.shape or not np.allclose(ref, got, atol=2e-2, rtol=2e-2):
-                raise RuntimeError(_NOT_A_CHAIN)
-        grads = tape.gradient(score, conv)
-        conv32 = tf.cast(conv, tf.float32)
-        grads32 = tf.cast(grads, tf.float32)
-        weights = tf.reduce_mean(grads32, axis=(1, 2), keepdims=True)  # (B, 1, 1, K)
-        cam = tf.nn.relu(tf.reduce_sum(conv32 * weights, axis=-1)).numpy()  # (B, h', w')
-        for i, c in enumerate(cam):
+        cams = run(tf.convert_to_tensor(x_all[start : start + batch_size]))
+        for i, c in enumerate(cams):
             up = cv2.resize(c, (w, h), interpolation=cv2.INTER_LINEAR)
             peak = float(up.max())
             out[start + i] = np.clip(up / peak, 0.0, 1.0) if peak > 1e-12 else 0.0

@@ -507,7 +507,13 @@ def fetch_offline(
 
     from study.efficientnet_lite import build_efficientnet_lite
 
-    model = build_efficientnet_lite(variant, include_top=True, weights=None)
+    # float32 variables whatever the caller's global policy, so no precision is lost on disk.
+    policy = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("float32")
+    try:
+        model = build_efficientnet_lite(variant, include_top=True, weights=None)
+    finally:
+        keras.config.set_dtype_policy(policy)
     assign_state_dict(model, state, variant)
     weights_dir.mkdir(parents=True, exist_ok=True)
     # Write under a temporary name and rename, so a crash never leaves a half file that looks real.

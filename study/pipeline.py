@@ -97,7 +97,9 @@ def train_dataset(
         if len(idx) == 0:
             raise ValueError(f"class {c} has no training images: cannot balance the stream")
         ds = tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
-        per_class.append(ds.shuffle(len(idx), seed=seed + c, reshuffle_each_iteration=True).repeat())
+        per_class.append(
+            ds.shuffle(len(idx), seed=seed + c, reshuffle_each_iteration=True).repeat()
+        )
     ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
     ds = ds.batch(batch_size, drop_remainder=True)
     ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter())

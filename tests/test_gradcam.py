@@ -90,8 +90,7 @@ def trained() -> tuple[keras.Model, np.ndarray, np.ndarray, np.ndarray]:
     keras.utils.set_random_seed(0)
     x, y, _ = make_data(3000, seed=0)
     model = flat_model()
-    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy",
-                  metrics=["accuracy"])  # fmt: skip
+    model.compile(optimizer=keras.optimizers.Adam(3e-3), loss="binary_crossentropy")
     model.fit(x, y, batch_size=64, epochs=4, verbose=0, shuffle=True)
     xt, yt, mt = make_data(200, seed=1)
     acc = float(np.mean((model.predict(xt, verbose=0)[:, 0] >= 0.5) == yt))
@@ -129,50 +128,99 @@ def test_nested_backbone_gives_the_same_heatmaps(trained) -> None:
     model, x, y, masks = trained
     nested = nested_model()
     copy_weights(model, nested)
-    np.testing.assert_allclose(nested.predict(x[:16], verbose=0), model.predict(x[:16], verbose=0),
-                               atol=1e-5)  # fmt: skip
+    same = nested.predict(x[:16], verbose=0) - model.predict(x[:16], verbose=0)
+    assert np.abs(same).max() < 1e-5
     path = gc.find_conv_path(nested)
     assert [p.name for p in path] == ["nested", "backbone", "conv2"]
     heat = gc.gradcam(nested, x[:64])
     np.testing.assert_allclose(heat, gc.gradcam(model, x[:64]), atol=1e-4)
+    gc.gradcam(nested, x[:8])  # second call reuses the rebuilt graph
+    assert len(nested.__dict__[gc._CACHE_ATTR]) == 1
     assert gc.gradcam(nested, x[:8], layer_name="conv1").shape == (8, SIZE, SIZE)
 
 
 def test_nested_residual_backbone_matches_flat_graph() -> None:
     """A backbone that is itself a DAG (skip connection) is handled by its own graph."""
     keras.utils.set_random_seed(1)
-    c1 = keras.layers.Conv2D(4, 3, padding="same", activation="relu")
-    c2 = keras.layers.Conv2D(4, 3, padding="same")
-    add = keras.layers.Add()
-    act = keras.layers.ReLU(name="block_out")
-    gap, out = keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(1, activation="sigmoid")
 
-    def block(t):
-        h = c1(t)
-        return act(add([h, c2(h)]))
+    def build(nested: bool) -> keras.Model:
+        def block(t):
+            h = keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="c1")(t)
+            h2 = keras.layers.Conv2D(4, 3, padding="same", name="c2")(h)
+            return keras.layers.ReLU(name="block_out")(keras.layers.Add(name="add")([h, h2]))
 
-    b_in = keras.Input((16, 16, 1))
-    backbone = keras.Model(b_in, block(b_in), name="res_backbone")
-    inp = keras.Input((16, 16, 1))
-    nested = keras.Model(inp, out(gap(backbone(inp))))
-    inp2 = keras.Input((16, 16, 1))
-    flat = keras.Model(inp2, out(gap(block(inp2))))  # same layer objects -> same weights
+        inp = keras.Input((16, 16, 1))
+        if nested:
+            b_in = keras.Input((16, 16, 1))
+            x = keras.Model(b_in, block(b_in), name="res_backbone")(inp)
+        else:
+            x = block(inp)
+        x = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="out")(x))
+
+    nested, flat = build(True), build(False)
+    copy_weights(nested, flat)
     x = np.random.default_rng(0).random((6, 16, 16, 1)).astype(np.float32)
     assert gc.find_conv_path(nested)[-1].name == "block_out"
     hn, hf = gc.gradcam(nested, x), gc.gradcam(flat, x)
+    assert hf.max() > 0  # not trivially equal because both are blank
     np.testing.assert_allclose(hn, hf, atol=1e-4)
 
 
-def test_non_chain_outer_model_fails_loudly() -> None:
+def test_outer_dag_and_sequential_wrappers_match_flat_graph() -> None:
+    """Grey->RGB by Concatenate, a side branch from the input, or a Sequential wrapper."""
+    keras.utils.set_random_seed(2)
+
+    def convs() -> list[keras.layers.Layer]:
+        return [
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="k1"),
+            keras.layers.Conv2D(4, 3, padding="same", activation="relu", name="k2"),
+        ]
+
+    def build(nested: bool) -> keras.Model:
+        inp = keras.Input((16, 16, 1))
+        rgb = keras.layers.Concatenate(name="rgb")([inp, inp, inp])
+        if nested:
+            b_in = keras.Input((16, 16, 3))
+            x = b_in
+            for layer in convs():
+                x = layer(x)
+            x = keras.Model(b_in, x, name="bb")(rgb)
+        else:
+            x = rgb
+            for layer in convs():
+                x = layer(x)
+        feats = keras.layers.GlobalAveragePooling2D(name="gap")(x)
+        side = keras.layers.GlobalAveragePooling2D(name="side")(inp)
+        both = keras.layers.Concatenate(name="cat")([feats, side])
+        return keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="out")(both))
+
+    nested, flat = build(True), build(False)
+    copy_weights(nested, flat)
+    x = np.random.default_rng(1).random((5, 16, 16, 1)).astype(np.float32)
+    hf = gc.gradcam(flat, x)
+    assert hf.max() > 0
+    np.testing.assert_allclose(gc.gradcam(nested, x), hf, atol=1e-4)
+
     b_in = keras.Input((16, 16, 1))
-    backbone = keras.Model(b_in, keras.layers.Conv2D(4, 3, padding="same")(b_in), name="bb")
+    y = b_in
+    for layer in convs():
+        y = layer(y)
+    seq = keras.Sequential(
+        [
+            keras.Input((16, 16, 1)),
+            keras.Model(b_in, y, name="bb"),
+            keras.layers.GlobalAveragePooling2D(name="gap"),
+            keras.layers.Dense(1, activation="sigmoid", name="out"),
+        ]
+    )
     inp = keras.Input((16, 16, 1))
-    feats = keras.layers.GlobalAveragePooling2D()(backbone(inp))
-    side = keras.layers.GlobalAveragePooling2D()(inp)  # second branch from the input
-    out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.Concatenate()([feats, side]))
-    model = keras.Model(inp, out)
-    with pytest.raises(RuntimeError, match="not a simple chain"):
-        gc.gradcam(model, np.zeros((2, 16, 16, 1), np.float32))
+    z = inp
+    for layer in [*convs(), keras.layers.GlobalAveragePooling2D(name="gap")]:
+        z = layer(z)
+    flat_seq = keras.Model(inp, keras.layers.Dense(1, activation="sigmoid", name="out")(z))
+    flat_seq.set_weights(seq.get_weights())  # same order: k1, k2, out
+    np.testing.assert_allclose(gc.gradcam(seq, x), gc.gradcam(flat_seq, x), atol=1e-4)
 
 
 def test_mixed_bfloat16_flat_and_nested(trained) -> None:

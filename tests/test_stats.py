@@ -256,7 +256,7 @@ def test_delong_single_auc_variance_close_to_hanley_mcneil() -> None:
     assert r["var_a"] == pytest.approx(hm, rel=0.2)
 
 
-# --------------------------------------------------------------------------- verdict, calibration, effect size
+# ------------------------------------------------------------- verdict, calibration, effect size
 
 
 def test_verdict_sentences() -> None:

@@ -1,0 +1,76 @@
+"""``python -m service [embedded|api|worker|migrate]``.
+
+- no argument / ``embedded``: migrate, then the API plus one worker subprocess
+  (SQLite database and SQLite broker by default: no servers to run).
+- ``api``: the HTTP API only (uvicorn). ``worker``: one Celery worker process.
+- ``migrate``: apply Alembic migrations to DATABASE_URL.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+
+from service.settings import Settings
+
+
+def run_api(settings: Settings) -> None:
+    import uvicorn
+
+    from service.api import create_app
+
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        server_header=False,
+    )
+
+
+def run_embedded(settings: Settings) -> None:
+    """API in this process, one worker as a child process; the child is stopped on exit."""
+    from service.migrate import migrate
+
+    settings.ensure_dirs()
+    migrate(settings)
+    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=os.environ.copy())
+    try:
+        run_api(settings)
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        try:
+            worker.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            worker.kill()
+            worker.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    p.add_argument(
+        "mode", nargs="?", default="embedded", choices=["embedded", "api", "worker", "migrate"]
+    )
+    args = p.parse_args(argv)
+    settings = Settings()
+    if args.mode == "migrate":
+        from service.migrate import migrate
+
+        migrate(settings)
+        print("database migrated to head")
+    elif args.mode == "api":
+        run_api(settings)
+    elif args.mode == "worker":
+        from service.worker import run_worker
+
+        run_worker(settings)
+    else:
+        run_embedded(settings)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,447 @@
+"""Input gate: "is this a usable chest X-ray?", in four layers, each with its own code.
+
+1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large``: JPEG, PNG or
+   DICOM through study.preprocess.decode (the only decoder), byte and pixel
+   limits checked before any pixel is decoded (decode reads header sizes first).
+2. X-ray    ``not_xray``: colour, white background, few grey levels, edge density
+   and fine detail against thresholds learned from the training X-rays.
+3. chest    ``not_chest_xray``: DICOM Modality/BodyPartExamined when present, then
+   a one-class "eigen-lung" PCA detector calibrated on validation X-rays.
+4. quality  ``low_quality``: resolution, blur, clipping and contrast.
+
+Every check is computed and reported with its threshold; the code is that of
+the first layer that fails, and the message names the failing check in plain
+words. Fitted parameters live in a GateModel (service.gate_model), built from
+the data and never committed.
+
+CLI::
+
+    python -m service.gate fit --data-dir DIR --out results/gate/gate.npz
+    python -m service.gate [--gate PATH] FILE...   # one JSON line per file
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from service.gate_features import FEATURES, compute_features
+from service.gate_model import GateModel, Threshold, fit_gate, load_gate
+from study.preprocess import (
+    Decoded,
+    ImageDecodeError,
+    _header_size,
+    decode,
+    sniff_format,
+    to_grayscale,
+)
+
+log = logging.getLogger(__name__)
+REPO = Path(__file__).resolve().parents[1]
+DEFAULT_GATE_PATH = Path("results") / "gate" / "gate.npz"
+DEFAULT_DATA_DIR = Path("..") / "shared" / "data" / "chest_xray"
+
+CODES = ("not_an_image", "unsupported_format", "too_large", "not_xray", "not_chest_xray")
+CODES += ("low_quality",)
+
+# DICOM: modalities that are chest radiographs; others are refused on the header alone.
+XRAY_MODALITIES = {"CR", "DX", "DR"}
+UNKNOWN_MODALITIES = {"", "OT", "SC"}  # "other"/secondary capture: let the pixels decide
+MODALITY_NAMES = {
+    "CT": "a CT scan",
+    "MR": "an MRI scan",
+    "US": "an ultrasound image",
+    "NM": "a nuclear medicine image",
+    "PT": "a PET scan",
+    "MG": "a mammogram",
+    "XA": "an angiogram",
+    "RF": "a fluoroscopy image",
+    "IO": "a dental X-ray",
+    "PX": "a dental panoramic X-ray",
+    "OP": "an eye photograph",
+    "SM": "a microscopy slide",
+    "ES": "an endoscopy image",
+}
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORSO")
+SAFE_META = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+SAFE_META += ("transfer_syntax", "bit_depth")
+
+# Other image containers: recognised only to say "unsupported" instead of "not an image".
+_OTHER_MAGIC = (
+    (b"GIF87a", "GIF"),
+    (b"GIF89a", "GIF"),
+    (b"BM", "BMP"),
+    (b"II*\x00", "TIFF"),
+    (b"MM\x00*", "TIFF"),
+    (b"\x00\x00\x00\x0cjP  ", "JPEG 2000"),
+    (b"\xff\x4f\xff\x51", "JPEG 2000"),
+    (b"%PDF", "PDF"),
+)
+
+
+def supported_transfer_syntaxes() -> dict[str, str]:
+    """DICOM transfer syntaxes this installation can decode (UID -> name).
+
+    With the pinned packages: uncompressed (implicit/explicit VR, little/big
+    endian, deflated), RLE Lossless, JPEG Baseline/Extended and JPEG 2000
+    (through Pillow's OpenJPEG). JPEG Lossless, JPEG-LS and HTJ2K need
+    pylibjpeg-libjpeg / pylibjpeg-openjpeg, which are not installed: such files
+    get ``unsupported_format``.
+    """
+    from pydicom import uid as u
+    from pydicom.pixels import get_decoder
+
+    out: dict[str, str] = {}
+    for t in sorted(u.AllTransferSyntaxes):
+        try:
+            if get_decoder(t).is_available:
+                out[str(t)] = t.name
+        except (NotImplementedError, ValueError, KeyError):
+            continue
+    return out
+
+
+@dataclass
+class GateSettings:
+    """Request-level limits (the fitted thresholds live in GateModel)."""
+
+    max_bytes: int = 50 * 1024 * 1024
+    max_pixels: int = 40_000_000
+    check_quality: bool = True
+
+    @classmethod
+    def coerce(cls, obj: Any) -> GateSettings:
+        """Accept the service's own Settings too (max_upload_bytes / max_pixels)."""
+        if obj is None:
+            return cls()
+        if isinstance(obj, cls):
+            return obj
+        d = cls()
+        return cls(
+            max_bytes=int(getattr(obj, "max_bytes", getattr(obj, "max_upload_bytes", d.max_bytes))),
+            max_pixels=int(getattr(obj, "max_pixels", d.max_pixels)),
+            check_quality=bool(getattr(obj, "gate_check_quality", d.check_quality)),
+        )
+
+    @classmethod
+    def from_env(cls) -> GateSettings:
+        d = cls()
+        return cls(
+            max_bytes=int(os.environ.get("PNEUMOSCOPE_GATE_MAX_BYTES", d.max_bytes)),
+            max_pixels=int(os.environ.get("PNEUMOSCOPE_GATE_MAX_PIXELS", d.max_pixels)),
+        )
+
+
+@dataclass
+class GateResult:
+    """The gate's verdict. ``checks`` holds every score, its threshold and pass/fail."""
+
+    accepted: bool
+    code: str | None
+    message: str
+    checks: dict[str, dict[str, Any]] = field(default_factory=dict)
+    decoded: Decoded | None = None
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "accepted": self.accepted,
+            "code": self.code,
+            "message": self.message,
+            "checks": self.checks,
+            "meta": self.meta,
+        }
+
+
+def _check(value: Any, threshold: Any, kind: str, passed: bool, layer: str) -> dict[str, Any]:
+    return {
+        "value": _num(value),
+        "threshold": _num(threshold),
+        "kind": kind,
+        "passed": bool(passed),
+        "layer": layer,
+    }
+
+
+def _num(x: Any) -> Any:
+    if isinstance(x, float):
+        return round(x, 6)
+    return x
+
+
+def _reject(code: str, message: str, checks: dict, **kw: Any) -> GateResult:
+    return GateResult(False, code, message, checks, **kw)
+
+
+# ----------------------------------------------------------------------------- format layer
+
+
+def format_check(data: bytes, settings: GateSettings | None = None) -> GateResult:
+    """Layer 1 only: is this a JPEG/PNG/DICOM within the limits? Cheap; never raises."""
+    s = GateSettings.coerce(settings)
+    checks: dict[str, dict[str, Any]] = {}
+    n = len(data)
+    checks["bytes"] = _check(n, s.max_bytes, "max", n <= s.max_bytes, "format")
+    if n > s.max_bytes:
+        return _reject(
+            "too_large",
+            f"the file is {n / 2**20:.1f} MiB; the limit is {s.max_bytes / 2**20:.0f} MiB",
+            checks,
+        )
+    fmt = sniff_format(data) if n else None
+    if fmt is None:
+        other = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
+        checks["format"] = _check(other or "unknown", "jpeg|png|dicom", "in", False, "format")
+        if other:
+            return _reject(
+                "unsupported_format",
+                f"this is a {other} file; please upload a JPEG, PNG or DICOM chest X-ray",
+                checks,
+            )
+        return _reject(
+            "not_an_image", "this file is not an image (expected JPEG, PNG or DICOM)", checks
+        )
+    checks["format"] = _check(fmt, "jpeg|png|dicom", "in", True, "format")
+    if fmt in ("jpeg", "png"):
+        try:
+            w, h = _header_size(data, fmt)
+        except ImageDecodeError as exc:
+            return _reject("not_an_image", f"the {fmt.upper()} file is damaged: {exc}", checks)
+        ok = w * h <= s.max_pixels
+        checks["pixels"] = _check(w * h, s.max_pixels, "max", ok, "format")
+        if not ok:
+            return _reject(
+                "too_large",
+                f"the image declares {w}x{h} pixels, over the {s.max_pixels:,} pixel limit",
+                checks,
+            )
+    try:
+        decoded = decode(data, max_pixels=s.max_pixels)
+        to_grayscale(decoded.pixels)  # shape sanity: refuses odd channel layouts
+    except ImageDecodeError as exc:
+        return _decode_failure(fmt, str(exc), checks, s)
+    except Exception as exc:  # a broken file must never crash the service
+        return _reject(
+            "not_an_image", f"the {fmt.upper()} file could not be read ({type(exc).__name__})", checks
+        )
+    h, w = decoded.pixels.shape[:2]
+    if "pixels" not in checks:
+        checks["pixels"] = _check(h * w, s.max_pixels, "max", True, "format")
+    meta = {"format": fmt, "width": int(w), "height": int(h)}
+    meta |= {k: decoded.meta[k] for k in SAFE_META if k in decoded.meta}
+    return GateResult(True, None, "ok", checks, decoded, meta)
+
+
+def _decode_failure(fmt: str, reason: str, checks: dict, s: GateSettings) -> GateResult:
+    """Map decode()'s specific reasons onto the format codes."""
+    if "pixel limit" in reason:
+        checks["pixels"] = _check(None, s.max_pixels, "max", False, "format")
+        return _reject("too_large", f"the image is too large: {reason}", checks)
+    if "transfer syntax" in reason or "unexpected pixel array shape" in reason:
+        checks["decodable"] = _check(False, True, "eq", False, "format")
+        supported = ", ".join(supported_transfer_syntaxes().values())
+        return _reject(
+            "unsupported_format",
+            f"{reason}. Supported DICOM encodings here: {supported}",
+            checks,
+        )
+    checks["decodable"] = _check(False, True, "eq", False, "format")
+    return _reject("not_an_image", f"the {fmt.upper()} file could not be decoded: {reason}", checks)
+
+
+# ----------------------------------------------------------------------------- content layers
+
+_XRAY_WORDS = {
+    "colour_fraction": "this looks like a colour photo or graphic, not an X-ray "
+    "({v:.0%} of the pixels are clearly coloured; X-rays are grey)",
+    "white_fraction": "this looks like a document, chart or screenshot, not an X-ray "
+    "({v:.0%} of the image is white background)",
+    "grey_level_entropy": "this looks like a chart, drawing or screenshot, not an X-ray "
+    "(too few grey levels)",
+    "edge_density": "this looks like text, a chart or a photo, not an X-ray "
+    "(far more sharp edges than an X-ray has)",
+    "fine_detail": "this looks like a photo or a screenshot, not an X-ray "
+    "(much more fine detail than an X-ray has)",
+}
+_QUALITY_WORDS = {
+    "min_side": "the image is too small ({v:.0f} px on its shortest side; need at least {t:.0f})",
+    "sharpness": "the image is too blurred to read",
+    "clipped_white": "the image is over-exposed or burned out ({v:.0%} of the pixels are pure white)",
+    "clipped_black": "the image is under-exposed ({v:.0%} of the pixels are pure black)",
+    "contrast": "the image has too little contrast to read",
+}
+
+
+def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
+    """Modality / BodyPartExamined from the DICOM header; a message if they rule it out."""
+    modality = str(meta.get("Modality", "")).strip().upper()
+    body = str(meta.get("BodyPartExamined", "")).strip().upper()
+    msg = None
+    if modality not in XRAY_MODALITIES | UNKNOWN_MODALITIES:
+        checks["dicom_modality"] = _check(modality, "CR|DX", "in", False, "chest")
+        what = MODALITY_NAMES.get(modality, f"modality {modality}")
+        msg = f"the DICOM header says this is {what} (Modality {modality}), not a chest X-ray"
+    elif modality:
+        checks["dicom_modality"] = _check(modality, "CR|DX", "in", True, "chest")
+    if body:
+        ok = any(p in body for p in CHEST_BODY_PARTS)
+        checks["dicom_body_part"] = _check(body, "CHEST", "in", ok, "chest")
+        if not ok and msg is None:
+            msg = f"the DICOM header says this is an X-ray of the {body.lower()}, not the chest"
+    return msg
+
+
+def gate_decoded(
+    decoded: Decoded, settings: GateSettings | None = None, model: GateModel | None = None
+) -> GateResult:
+    """Layers 2-4 on an already decoded image (the API can reuse format_check's decode)."""
+    s = GateSettings.coerce(settings)
+    m = model or default_model()
+    checks: dict[str, dict[str, Any]] = {}
+    meta = {k: decoded.meta[k] for k in SAFE_META if k in decoded.meta}
+    meta |= {"format": decoded.format}
+    meta |= {"width": int(decoded.pixels.shape[1]), "height": int(decoded.pixels.shape[0])}
+
+    dicom_msg = _dicom_checks(decoded.meta, checks) if decoded.format == "dicom" else None
+    feats = compute_features(decoded.pixels)
+    for name, (layer, _, _) in FEATURES.items():
+        t: Threshold = m.thresholds[name]
+        v = feats.values[name]
+        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
+    cs = m.chest_scores(feats.chest_vector)
+    t = m.thresholds["chest_score"]
+    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
+    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
+    checks["chest_score"]["residual"] = _num(cs["residual"])
+
+    def failing(layer: str) -> list[str]:
+        return [k for k, c in checks.items() if c["layer"] == layer and not c["passed"]]
+
+    kw = {"decoded": decoded, "meta": meta}
+    if dicom_msg:
+        return _reject("not_chest_xray", dicom_msg, checks, **kw)
+    bad = failing("xray")
+    if bad:
+        words = _XRAY_WORDS[bad[0]].format(v=checks[bad[0]]["value"])
+        return _reject("not_xray", words, checks, **kw)
+    if failing("chest"):
+        c = checks["chest_score"]
+        return _reject(
+            "not_chest_xray",
+            "this looks like an X-ray of another body part or another kind of scan, not a "
+            f"frontal chest X-ray (chest-shape score {c['value']:.0f}, limit {c['threshold']:.0f})",
+            checks,
+            **kw,
+        )
+    bad = failing("quality") if s.check_quality else []
+    if bad:
+        words = [
+            _QUALITY_WORDS[b].format(v=checks[b]["value"], t=checks[b]["threshold"]) for b in bad
+        ]
+        return _reject("low_quality", "; ".join(words), checks, **kw)
+    return GateResult(True, None, "accepted: this looks like a usable chest X-ray", checks, **kw)
+
+
+def run_gate(
+    data: bytes, settings: GateSettings | None = None, model: GateModel | None = None
+) -> GateResult:
+    """All four layers on raw upload bytes. Never raises for bad input."""
+    fmt = format_check(data, settings)
+    if not fmt.accepted or fmt.decoded is None:
+        return fmt
+    res = gate_decoded(fmt.decoded, settings, model)
+    res.checks = fmt.checks | res.checks
+    res.meta = fmt.meta | res.meta
+    return res
+
+
+# ----------------------------------------------------------------------------- model loading
+
+_MODEL_LOCK = threading.Lock()
+_MODELS: dict[str, GateModel] = {}
+
+
+def default_gate_path() -> Path:
+    """PNEUMOSCOPE_GATE_PATH, else results/gate/gate.npz under the repo."""
+    p = Path(os.environ.get("PNEUMOSCOPE_GATE_PATH", DEFAULT_GATE_PATH))
+    return p if p.is_absolute() else REPO / p
+
+
+def default_data_dir() -> Path:
+    p = Path(os.environ.get("PNEUMOSCOPE_DATA_DIR", DEFAULT_DATA_DIR))
+    return p if p.is_absolute() else (REPO / p).resolve()
+
+
+def default_model(path: Path | None = None, fit_if_missing: bool = True) -> GateModel:
+    """Load (once) the gate model; fit it from PNEUMOSCOPE_DATA_DIR first if there is none."""
+    p = Path(path) if path else default_gate_path()
+    with _MODEL_LOCK:
+        if str(p) not in _MODELS:
+            if not p.with_suffix(".npz").is_file() and fit_if_missing:
+                d = default_data_dir()
+                log.warning("no gate model at %s: fitting it from %s (takes < 1 min)", p, d)
+                print(f"gate: no model at {p}; fitting it from {d} first", file=sys.stderr)
+                fit_gate(d, p, seed=0)
+            _MODELS[str(p)] = load_gate(p)
+        return _MODELS[str(p)]
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _cli_fit(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="python -m service.gate fit", description=fit_gate.__doc__)
+    ap.add_argument("--data-dir", type=Path, default=default_data_dir())
+    ap.add_argument("--out", type=Path, default=default_gate_path())
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--max-train", type=int, default=1500)
+    ap.add_argument("--max-val", type=int, default=700)
+    ap.add_argument("--target-acceptance", type=float, default=0.99)
+    a = ap.parse_args(argv)
+    model = fit_gate(
+        a.data_dir, a.out, a.seed, a.max_train, a.max_val, a.target_acceptance
+    )
+    print(json.dumps({"out": str(a.out.with_suffix(".npz"))} | model.info))
+    return 0
+
+
+def _cli_check(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(
+        prog="python -m service.gate",
+        description="Run the input gate on files; one JSON line per file. "
+        "'python -m service.gate fit ...' fits the gate model.",
+    )
+    ap.add_argument("--gate", type=Path, default=None, help="gate .npz (default: env/results)")
+    ap.add_argument("files", nargs="+", type=Path)
+    a = ap.parse_args(argv)
+    model = default_model(a.gate)
+    settings = GateSettings.from_env()
+    for f in a.files:
+        try:
+            data = f.read_bytes()
+        except OSError as exc:
+            print(json.dumps({"file": str(f), "accepted": False, "code": "unreadable",
+                              "message": str(exc), "checks": {}}))
+            continue
+        r = run_gate(data, settings, model)
+        line = {"file": str(f), "accepted": r.accepted, "code": r.code, "message": r.message}
+        print(json.dumps(line | {"checks": r.checks}), flush=True)
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "fit":
+        return _cli_fit(argv[1:])
+    return _cli_check(argv)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,116 @@
+"""Image features for the input gate, all computed with :mod:`study.preprocess`.
+
+Every feature is measured on a *working image*: the greyscale pixels resampled
+to 224x224 (``resize(..., "stretch")``) and then windowed. The training copies
+are exactly 224x224 stretched, so a full-resolution upload is measured on the
+same grid as the images the thresholds were learned from; this is what makes
+blur and "fine detail" comparable between a 3000 px upload and a 224 px
+training copy. The training copies were also smoothed by their resizer and JPEG,
+so sharpness is measured after a small Gaussian (sigma 1 px), which removes the
+band where full-resolution uploads and training copies differ.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+
+from study.preprocess import PreprocessConfig, normalise, resize, to_grayscale, window
+
+WORK_SIZE = 224  # side of the training copies (PROVENANCE.md)
+CHEST_SIZE = 32  # "eigen-lungs" resolution: global layout, not texture
+# Global histogram equalisation: the chest detector should see layout, not exposure.
+CHEST_CFG = PreprocessConfig(image_size=CHEST_SIZE, normalise="equalize", resize="stretch")
+CHROMA_COLOURED = 0.12  # a pixel whose max-min channel spread exceeds 12% of range is coloured
+WHITE_LEVEL = 250  # windowed uint8 level counted as white background
+CLIP_HIGH = 254  # raw 8-bit level counted as clipped white
+CLIP_LOW = 1  # raw 8-bit level counted as clipped black
+SHARPNESS_SIGMA = 1.0
+
+# name -> (layer, "max" or "min", log-scale?) ; thresholds are fitted in gate_model.
+FEATURES: dict[str, tuple[str, str, bool]] = {
+    "colour_fraction": ("xray", "max", False),
+    "white_fraction": ("xray", "max", False),
+    "grey_level_entropy": ("xray", "min", False),
+    "edge_density": ("xray", "max", False),
+    "fine_detail": ("xray", "max", True),
+    "min_side": ("quality", "min", False),
+    "sharpness": ("quality", "min", True),
+    "clipped_white": ("quality", "max", False),
+    "clipped_black": ("quality", "max", False),
+    "contrast": ("quality", "min", True),
+}
+
+
+@dataclass
+class GateFeatures:
+    """Scalar features plus the chest vector for the PCA detector."""
+
+    values: dict[str, float]
+    chest_vector: np.ndarray  # float32 (CHEST_SIZE*CHEST_SIZE,), zero mean, unit std
+
+
+def _colour_fraction(pixels: np.ndarray) -> float:
+    """Share of clearly coloured pixels: X-rays are grey even when stored as RGB."""
+    if pixels.ndim != 3 or pixels.shape[2] < 3:
+        return 0.0
+    rgb = np.ascontiguousarray(pixels[:, :, :3]).astype(np.float32)
+    rgb = resize(rgb, WORK_SIZE, "stretch")
+    if pixels.dtype == np.uint8:
+        rng = 255.0
+    elif pixels.dtype == np.uint16:
+        rng = float(max(rgb.max(), 1.0))
+    else:
+        rng = float(max(rgb.max() - rgb.min(), 1e-6))
+    chroma = (rgb.max(axis=2) - rgb.min(axis=2)) / rng
+    return float((chroma > CHROMA_COLOURED).mean())
+
+
+def _raw8(small: np.ndarray) -> np.ndarray:
+    """The un-windowed image in 8 bits, for exposure checks (windowing would hide clipping)."""
+    if small.dtype == np.uint8:
+        return small
+    g = small.astype(np.float32)
+    lo, hi = float(g.min()), float(g.max())
+    if hi - lo < 1e-6:
+        return np.zeros(g.shape, np.uint8)
+    return np.rint((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
+
+
+def chest_vector(work: np.ndarray) -> np.ndarray:
+    """Equalised 32x32 thumbnail, standardised: the input of the eigen-lung detector."""
+    small = resize(normalise(work, CHEST_CFG), CHEST_CFG.image_size, CHEST_CFG.resize)
+    v = small.astype(np.float32).ravel()
+    return (v - v.mean()) / (v.std() + 1e-6)
+
+
+def compute_features(pixels: np.ndarray) -> GateFeatures:
+    """All gate features from decoded pixels (HxW or HxWxC, any depth)."""
+    h, w = pixels.shape[:2]
+    gray = to_grayscale(pixels)
+    if gray.dtype not in (np.uint8, np.uint16, np.float32):
+        gray = gray.astype(np.float32)
+    small = resize(gray, WORK_SIZE, "stretch")
+    work = window(small)
+    wf = work.astype(np.float32)
+    raw = _raw8(small)
+
+    hist = np.bincount(work.ravel(), minlength=256).astype(np.float64) / work.size
+    nz = hist[hist > 0]
+    smooth = cv2.GaussianBlur(wf, (0, 0), SHARPNESS_SIGMA)
+    detail = float(cv2.Laplacian(smooth, cv2.CV_32F).var())
+    values = {
+        "colour_fraction": _colour_fraction(pixels),
+        "white_fraction": float((work >= WHITE_LEVEL).mean()),
+        "grey_level_entropy": float(-(nz * np.log2(nz)).sum()),
+        "edge_density": float((cv2.Canny(work, 100, 200) > 0).mean()),
+        "fine_detail": detail,
+        "min_side": float(min(h, w)),
+        "sharpness": detail,
+        "clipped_white": float((raw >= CLIP_HIGH).mean()),
+        "clipped_black": float((raw <= CLIP_LOW).mean()),
+        "contrast": float(raw.astype(np.float32).std() / 255.0),
+    }
+    return GateFeatures(values, chest_vector(work))

@@ -1,0 +1,66 @@
+"""Liveness, readiness (database, broker, model) and Prometheus metrics."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select, text
+
+from service.context import Ctx
+from service.models import WorkerBeat, utcnow
+
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+def healthz() -> dict:
+    """The process answers; says nothing about its dependencies (that is /readyz)."""
+    return {"status": "ok"}
+
+
+def _check_db(ctx: Ctx) -> str | None:
+    try:
+        with ctx.db.session() as s:
+            s.execute(text("SELECT 1"))
+            s.execute(text("SELECT version_num FROM alembic_version")).all()
+        return None
+    except Exception as exc:
+        return f"database unreachable or not migrated ({type(exc).__name__})"
+
+
+def _check_model(ctx: Ctx) -> str | None:
+    """A worker heartbeat fresher than WORKER_TTL_SECONDS means a model is loaded and serving."""
+    try:
+        fresh = utcnow() - timedelta(seconds=ctx.settings.worker_ttl_seconds)
+        with ctx.db.session() as s:
+            n = s.execute(
+                select(func.count()).select_from(WorkerBeat).where(WorkerBeat.beat_at >= fresh)
+            ).scalar_one()
+        return None if n else "no worker has reported a loaded model recently"
+    except Exception as exc:
+        return f"cannot read worker heartbeats ({type(exc).__name__})"
+
+
+@router.get("/readyz")
+def readyz(ctx: Ctx) -> JSONResponse:
+    problems = {"database": _check_db(ctx), "broker": ctx.publisher.ping()}
+    problems["model"] = _check_model(ctx) if problems["database"] is None else "unknown (no db)"
+    checks = {k: (v or "ok") for k, v in problems.items()}
+    failed = [k for k, v in problems.items() if v]
+    if not failed:
+        return JSONResponse({"status": "ready", "checks": checks})
+    body = {
+        "status": "unavailable",
+        "checks": checks,
+        "error": {"code": "not_ready", "message": "not ready: " + ", ".join(failed)},
+    }
+    return JSONResponse(body, status_code=503)
+
+
+@router.get("/metrics")
+def metrics(request: Request) -> Response:
+    data = generate_latest(request.app.state.metrics.registry)
+    return Response(data, media_type=CONTENT_TYPE_LATEST)

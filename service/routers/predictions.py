@@ -1,0 +1,99 @@
+"""POST /v1/predictions (cheap checks, then queue) and reading a prediction and its heatmap."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated
+
+from fastapi import APIRouter, File, Request, UploadFile
+from fastapi.responses import JSONResponse, Response
+
+from service import intake
+from service.context import Ctx
+from service.errors import ApiError
+from service.gate import format_check
+from service.models import Prediction
+from service.queue import BrokerUnavailable
+from service.schemas import Accepted, PredictionOut, prediction_out, status_url
+from service.storage import StorageKeyError
+from study.preprocess import sniff_format
+
+router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
+_ID = re.compile(r"^[0-9a-f]{32}$")
+CHUNK = 1 << 20
+# Gate codes that the request path may answer with, and their HTTP status.
+FORMAT_STATUS = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
+
+
+def read_limited(file: UploadFile, limit: int) -> bytes:
+    """Read at most limit bytes; one more means too large (413), whatever the headers said."""
+    buf = bytearray()
+    while True:
+        chunk = file.file.read(CHUNK)
+        if not chunk:
+            return bytes(buf)
+        buf += chunk
+        if len(buf) > limit:
+            raise ApiError(413, "too_large", f"file is over the {limit} byte limit")
+
+
+def _load(ctx: Ctx, prediction_id: str) -> Prediction:
+    if not _ID.match(prediction_id):
+        raise ApiError(404, "not_found", "no such prediction")
+    with ctx.db.session() as s:
+        p = s.get(Prediction, prediction_id)
+    if p is None:
+        raise ApiError(404, "not_found", "no such prediction")
+    return p
+
+
+@router.post("", status_code=202, response_model=Accepted)
+def create_prediction(
+    ctx: Ctx, request: Request, file: Annotated[UploadFile, File()]
+) -> JSONResponse:
+    """Cheap checks only (size, format by magic bytes); the gate and the model run in a worker."""
+    metrics = request.app.state.metrics
+    data = read_limited(file, ctx.settings.max_upload_bytes)
+    check = format_check(data, ctx.settings)
+    if not check.accepted:
+        metrics.uploads.labels(check.code or "refused").inc()
+        status = FORMAT_STATUS.get(check.code or "", 422)
+        raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
+    fmt = sniff_format(data) or "unknown"
+    upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, data, file.filename, fmt)
+    try:
+        ctx.publisher.send(pred_id)
+    except BrokerUnavailable as exc:
+        intake.withdraw(ctx.db, pred_id)
+        metrics.uploads.labels("broker_unavailable").inc()
+        raise ApiError(
+            503,
+            "broker_unavailable",
+            "the job queue is unavailable; nothing was queued, retry later",
+            {"Retry-After": "5"},
+        ) from exc
+    from service.jobs import mark_enqueued
+
+    mark_enqueued(ctx.db, pred_id)
+    metrics.uploads.labels("queued").inc()
+    body = Accepted(
+        id=pred_id, status="queued", status_url=status_url(pred_id), upload_id=upload_id
+    )
+    return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
+
+
+@router.get("/{prediction_id}", response_model=PredictionOut)
+def get_prediction(ctx: Ctx, prediction_id: str) -> PredictionOut:
+    return prediction_out(_load(ctx, prediction_id))
+
+
+@router.get("/{prediction_id}/heatmap.png", response_class=Response)
+def get_heatmap(ctx: Ctx, prediction_id: str) -> Response:
+    p = _load(ctx, prediction_id)
+    if p.status != "done" or not p.heatmap_key:
+        raise ApiError(404, "not_found", f"no heatmap for this prediction (status: {p.status})")
+    try:
+        png = ctx.storage.get(p.heatmap_key)
+    except (FileNotFoundError, StorageKeyError) as exc:
+        raise ApiError(404, "not_found", "heatmap missing from storage") from exc
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

@@ -1,0 +1,144 @@
+"""The service's one typed configuration object, read from environment variables.
+
+Every process (API, worker, migrate, feedback export) builds one
+:class:`Settings` and passes it down, so no module reads ``os.environ``
+itself. Defaults give the embedded mode: SQLite database, SQLite-backed
+Celery broker, local storage, all under ``DATA_DIR``; no servers needed.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+class Settings(BaseSettings):
+    """Environment variables (case-insensitive) -> typed settings. See each field's doc."""
+
+    model_config = SettingsConfigDict(case_sensitive=False, extra="ignore", env_file=None)
+
+    data_dir: Path = Field(
+        default=REPO / "data" / "service",
+        description="DATA_DIR: where the embedded mode keeps its SQLite files and uploads.",
+    )
+    database_url: str | None = Field(
+        default=None,
+        description=(
+            "DATABASE_URL: SQLAlchemy URL. Default sqlite:///DATA_DIR/service.db; "
+            "postgresql+psycopg://user@host:port/db for many workers."
+        ),
+    )
+    broker_url: str | None = Field(
+        default=None,
+        description=(
+            "BROKER_URL: Celery broker. Default sqla+sqlite:///DATA_DIR/broker.db "
+            "(no server); redis://host:port/0 in production."
+        ),
+    )
+    result_backend: str | None = Field(
+        default=None,
+        description="RESULT_BACKEND: unused by default; results live in DATABASE_URL.",
+    )
+    model_path: Path | None = Field(
+        default=None,
+        description="MODEL_PATH: a winner SavedModel dir; default the newest results/*/winner.",
+    )
+    results_dir: Path = Field(
+        default=REPO / "results",
+        description="RESULTS_DIR: where to look for the newest winner when MODEL_PATH is unset.",
+    )
+    storage_dir: Path | None = Field(
+        default=None, description="STORAGE_DIR: local blob store; default DATA_DIR/storage."
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description=(
+            "API_KEY: required in X-API-Key for label writes and the reviewer listing. "
+            "Unset = those endpoints refuse everyone. Never logged."
+        ),
+    )
+    max_upload_bytes: int = Field(
+        default=30 * 1024 * 1024,
+        description="MAX_UPLOAD_BYTES: larger uploads get 413 before any decoding.",
+    )
+    max_pixels: int = Field(
+        default=50_000_000,
+        description="MAX_PIXELS: larger declared width*height is refused (decompression bombs).",
+    )
+    cors_origins: str = Field(
+        default="",
+        description="CORS_ORIGINS: comma-separated allowed origins; empty = no CORS (closed).",
+    )
+    host: str = Field(default="127.0.0.1", description="HOST: the API's bind address.")
+    port: int = Field(default=8000, description="PORT: the API's port.")
+    log_level: str = Field(default="info", description="LOG_LEVEL: uvicorn/celery log level.")
+
+    lease_seconds: float = Field(
+        default=60.0,
+        description=(
+            "LEASE_SECONDS: a running job whose worker stopped renewing its lease this long "
+            "ago is taken over by another worker (worker killed -> job redone)."
+        ),
+    )
+    sweep_interval_seconds: float = Field(
+        default=15.0,
+        description="SWEEP_INTERVAL_SECONDS: how often a worker heartbeats and re-sends lost jobs.",
+    )
+    requeue_after_seconds: float = Field(
+        default=300.0,
+        description=(
+            "REQUEUE_AFTER_SECONDS: a job still queued this long after it was sent is sent "
+            "again (a broker that lost messages loses no jobs)."
+        ),
+    )
+    max_attempts: int = Field(
+        default=3, description="MAX_ATTEMPTS: a job that kills its worker this often fails."
+    )
+    worker_ttl_seconds: float = Field(
+        default=90.0,
+        description="WORKER_TTL_SECONDS: /readyz wants a worker heartbeat (model loaded) this new.",
+    )
+    broker_visibility_timeout: float = Field(
+        default=3600.0,
+        description="BROKER_VISIBILITY_TIMEOUT: Redis redelivers unacked messages after this.",
+    )
+    task_delay_seconds: float = Field(
+        default=0.0,
+        description="TASK_DELAY_SECONDS: test-only sleep in each job, to kill a worker mid-task.",
+    )
+
+    @cached_property
+    def db_url(self) -> str:
+        """DATABASE_URL, or the embedded SQLite file."""
+        return self.database_url or f"sqlite:///{self.data_dir / 'service.db'}"
+
+    @cached_property
+    def broker(self) -> str:
+        """BROKER_URL, or Celery's SQLAlchemy transport over a SQLite file."""
+        return self.broker_url or f"sqla+sqlite:///{self.data_dir / 'broker.db'}"
+
+    @cached_property
+    def storage_root(self) -> Path:
+        return self.storage_dir or self.data_dir / "storage"
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    def resolve_model_path(self) -> Path | None:
+        """MODEL_PATH, else the newest results/*/winner (None when there is none)."""
+        if self.model_path is not None:
+            return self.model_path
+        from study.model_io import newest_winner
+
+        return newest_winner(self.results_dir)
+
+    def ensure_dirs(self) -> None:
+        """Create DATA_DIR and the storage dir (only the embedded defaults need them)."""
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.storage_root.mkdir(parents=True, exist_ok=True)

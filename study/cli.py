@@ -1,0 +1,78 @@
+"""Command line: the study by default, plus 'data', 'report' and 'weights' commands."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from study.config import DEFAULT_RESULTS_DIR, add_data_dir, config_from_args, study_parser
+
+
+def _data_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(prog="run_study.py data")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    d = sub.add_parser("download", help="fetch the Kaggle dataset into data/chest_xray")
+    d.add_argument("--dest", type=Path, default=Path("data/chest_xray"))
+    a = sub.add_parser("audit", help="counts, sizes, duplicates, leakage, corrupt files")
+    add_data_dir(a)
+    a.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR / "audit")
+    a.add_argument("--workers", type=int, default=2)
+    f = sub.add_parser("export-feedback", help="reviewed uploads -> Kaggle layout")
+    f.add_argument("--database-url", required=True)
+    f.add_argument("--storage-dir", type=Path, default=None)
+    f.add_argument("--out", type=Path, default=Path("data/feedback"))
+    args = p.parse_args(argv)
+    if args.cmd == "download":
+        from study.download import DownloadError, download
+
+        try:
+            print(download(args.dest))
+        except DownloadError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return 0
+    if args.cmd == "audit":
+        from study.audit_cli import run_audit
+
+        return run_audit(args.data_dir, args.out, args.workers)
+    from service.feedback import main as export_main
+
+    extra = ["--storage-dir", str(args.storage_dir)] if args.storage_dir else []
+    return export_main(["--database-url", args.database_url, "--out", str(args.out), *extra])
+
+
+def _report_command(argv: list[str]) -> int:
+    p = argparse.ArgumentParser(
+        prog="run_study.py report", description="regenerate report.html from saved artifacts"
+    )
+    p.add_argument("--study", type=Path, required=True, help="results/<study> folder")
+    args = p.parse_args(argv)
+    from study.report import write_report
+
+    print(write_report(args.study))
+    return 0
+
+
+def _weights_command(argv: list[str]) -> int:
+    from study.offline_weights import main as weights_main
+
+    return weights_main(argv)
+
+
+COMMANDS = {"data": _data_command, "report": _report_command, "weights": _weights_command}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in COMMANDS:
+        return COMMANDS[argv[0]](argv[1:])
+    cfg = config_from_args(study_parser().parse_args(argv))
+    from study.runner import run_study
+
+    try:
+        run_study(cfg)
+    except FileNotFoundError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0

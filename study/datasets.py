@@ -1,0 +1,153 @@
+"""From a data folder to cached, split arrays: scan -> audit -> splits -> cache.
+
+This is the study's data stage; it writes splits.json, audit.json and the
+data figures, and returns arrays ready for the tf.data pipelines.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from study import data as data_mod
+from study.cache import ImageCache, build_cache
+from study.config import StudyConfig
+from study.data import ImageRecord, SplitPlan
+
+
+@dataclass
+class SplitArrays:
+    """One split: preprocessed uint8 images with labels, paths and patient groups."""
+
+    records: list[ImageRecord]
+    images: np.ndarray
+    labels: np.ndarray
+
+    @property
+    def paths(self) -> list[str]:
+        return [r.path for r in self.records]
+
+    @property
+    def groups(self) -> list[str]:
+        return [r.patient for r in self.records]
+
+
+@dataclass
+class StudyData:
+    plan: SplitPlan
+    train: SplitArrays
+    val: SplitArrays
+    test: SplitArrays
+    fingerprint: str
+    cache: ImageCache
+
+
+def subset_by_patient(records: list[ImageRecord], n: int, seed: int) -> list[ImageRecord]:
+    """A seeded subset of about n images that keeps whole patients and both classes."""
+    by_patient: dict[str, list[ImageRecord]] = {}
+    for r in records:
+        by_patient.setdefault(r.patient, []).append(r)
+    rng = random.Random(seed)
+    out: list[ImageRecord] = []
+    for label in (0, 1):
+        pats = sorted(p for p, rs in by_patient.items() if rs[0].label == label)
+        rng.shuffle(pats)
+        share = n // 2
+        for p in pats:
+            if sum(r.label == label for r in out) >= share:
+                break
+            out += by_patient[p]
+    return sorted(out, key=lambda r: r.path)
+
+
+def fingerprint(records: list[ImageRecord]) -> str:
+    """Machine-independent hash of the data used: split, class, file name and size."""
+    h = hashlib.sha256()
+    for r in sorted(records, key=lambda r: (r.split, r.path)):
+        h.update(
+            f"{r.split}/{r.class_name}/{Path(r.path).name}/{Path(r.path).stat().st_size}\n".encode()
+        )
+    return h.hexdigest()[:16]
+
+
+def _arrays(cache: ImageCache, records: list[ImageRecord]) -> SplitArrays:
+    kept = [r for r in records if r.path not in cache.failed]
+    return SplitArrays(
+        kept, cache.take([r.path for r in kept]), np.array([r.label for r in kept], np.int32)
+    )
+
+
+def prepare_data(cfg: StudyConfig, make_figures: bool = True) -> StudyData:
+    """The whole data stage of a study, printing what it does."""
+    from study.audit import audit_dataset
+
+    out = cfg.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records = data_mod.scan(cfg.data_dir)
+    if cfg.max_train_images:
+        records = subset_by_patient(records, cfg.max_train_images, cfg.seed)
+    extra = [r for d in cfg.extra_data for r in data_mod.scan(d, origin="feedback")]
+    print(
+        f"data: {len(records)} images in {cfg.data_dir}"
+        + (f" + {len(extra)} reviewed uploads" if extra else ""),
+        flush=True,
+    )
+
+    audit = audit_dataset(records + extra, workers=cfg.workers, cache_dir=cfg.cache_dir / "audit")
+    plan = data_mod.make_splits(
+        records,
+        linked=audit.linked_clusters(),
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+    )
+    if extra:
+        plan = data_mod.add_extra_training(plan, extra)
+    data_mod.check_no_leakage(plan, audit.linked_clusters())
+    corrupt = {c["path"] for c in audit.corrupt}
+    if corrupt:
+        plan.notes.append(f"skipped {len(corrupt)} unreadable files (listed in audit.json)")
+        plan.records = [r for r in plan.records if r.path not in corrupt]
+    plan.write(out / "splits.json")
+    audit_json = audit.to_json()
+    audit_json["after_split"] = audit.cross_split(plan)
+    (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
+    print(audit.summary(), flush=True)
+    print(plan.summary(), flush=True)
+
+    if make_figures:
+        from study import figures
+
+        fig_dir = out / "figures"
+        fig_dir.mkdir(exist_ok=True)
+        figures.sample_grid(plan.records, fig_dir / "samples.png")
+        figures.class_balance(plan, fig_dir / "class_balance.png")
+        figures.intensity_histograms(audit, fig_dir / "intensity.png")
+        figures.size_histograms(audit, fig_dir / "sizes.png")
+        figures.preprocessing_steps(
+            plan.of("train")[0].path, cfg.preprocess, fig_dir / "preprocessing.png"
+        )
+
+    cache = build_cache(
+        [r.path for r in plan.records], cfg.preprocess, cfg.cache_dir, workers=cfg.workers
+    )
+    how = "reused" if cache.reused else "built"
+    print(
+        f"cache: {how} {cache.directory} ({len(cache.paths)} images, {cache.seconds:.1f}s)",
+        file=sys.stderr,
+        flush=True,
+    )
+    return StudyData(
+        plan,
+        _arrays(cache, plan.of("train")),
+        _arrays(cache, plan.of("val")),
+        _arrays(cache, plan.of("test")),
+        fingerprint(plan.records),
+        cache,
+    )

@@ -1,0 +1,79 @@
+"""`python -m study.evaluate --model DIR --data-dir DIR [--split NAME]`: metrics as JSON.
+
+Works on any folder in the Kaggle layout; uses the model's own threshold
+and preprocessing (from winner.json), so nothing is tuned on what it scores.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from study import data as data_mod
+from study.model_io import load_winner
+from study.stats import binary_metrics
+
+KEYS = (
+    "n",
+    "accuracy",
+    "auc",
+    "sensitivity",
+    "specificity",
+    "precision",
+    "f1",
+    "threshold",
+    "confusion",
+)
+
+
+def evaluate(model_path: Path, data_dir: Path, split: str | None, batch_size: int = 32) -> dict:
+    winner = load_winner(model_path)
+    records = data_mod.scan(data_dir, require_train=False)
+    splits = sorted({r.source_split for r in records})
+    chosen = split or ("test" if "test" in splits else None)
+    if chosen is not None:
+        records = [r for r in records if r.source_split == chosen]
+    if not records:
+        raise SystemExit(f"no images for split {chosen!r} in {data_dir} (found {splits})")
+    probs, labels, failed = [], [], []
+    for i in range(0, len(records), batch_size):
+        batch, ys = [], []
+        for r in records[i : i + batch_size]:
+            try:
+                batch.append(winner.prepare(Path(r.path).read_bytes()))
+                ys.append(r.label)
+            except Exception as exc:  # listed, never a crash
+                failed.append({"file": r.path, "error": str(exc)})
+        if batch:
+            probs.append(winner.predict_batch(np.stack(batch)))
+            labels += ys
+    m = binary_metrics(np.array(labels), np.concatenate(probs), winner.threshold)
+    out = {k: m[k] for k in KEYS if k in m}
+    out["n"] = len(labels)
+    out["threshold"] = winner.threshold
+    out["split"] = chosen or "all"
+    if failed:
+        out["unreadable"] = failed
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m study.evaluate", description=__doc__)
+    p.add_argument("--model", type=Path, required=True)
+    p.add_argument("--data-dir", type=Path, required=True)
+    p.add_argument(
+        "--split",
+        default=None,
+        help="train, val or test (default: test if present, else every image)",
+    )
+    args = p.parse_args(argv)
+    print(json.dumps(evaluate(args.model, args.data_dir, args.split)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,139 @@
+"""The study: data stage, one Keras-Tuner search per family, then the winner.
+
+Rerunning the same command resumes: finished trials are read back from the
+tuner's project folder and never rerun, and a trial that was killed
+mid-way restarts from its last finished epoch (BackupAndRestore).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import keras
+import tensorflow as tf
+
+from study.config import StudyConfig
+from study.datasets import prepare_data
+from study.pipeline import eval_dataset, steps_per_epoch, train_dataset
+from study.trial_log import load_trials
+from study.tuning import StudyProgress, TrialContext, make_tuner
+
+
+def share_budget(budget: int, families: list[str]) -> dict[str, int]:
+    """Equal shares; the remainder goes to the first families in the given order."""
+    if not families:
+        return {}
+    base, extra = divmod(budget, len(families))
+    return {f: base + (i < extra) for i, f in enumerate(families)}
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
+
+
+def _check_resume(cfg: StudyConfig) -> None:
+    path = cfg.study_dir / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text()).get("resume_key")
+        if old and old != json.loads(json.dumps(cfg.resume_key())):
+            raise SystemExit(
+                f"{cfg.study_dir} holds a study with other settings ({old}); "
+                "use another --name or delete that folder"
+            )
+        print(f"resuming study {cfg.name} in {cfg.study_dir}", flush=True)
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": cfg.to_json(), "resume_key": cfg.resume_key()}, indent=1))
+
+
+def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
+    """Hypermodel per runnable family; skipped families with their reason; weights used."""
+    from search_spaces import FAMILIES
+    from study.weights import resolve_imagenet_weights
+
+    runnable, skipped, used = {}, {}, {}
+    for fam in cfg.families:
+        if fam == "custom_cnn":
+            runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=None)
+            continue
+        src = resolve_imagenet_weights(fam, cfg.weights_dir)
+        if not src.available:
+            skipped[fam] = src.reason
+            print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
+            continue
+        used[fam] = f"ImageNet ({src.kind}: {src.path})"
+        runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=src)
+    return runnable, skipped, used
+
+
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """Run (or resume) the whole study and return its summary."""
+    t0 = time.monotonic()
+    seed_everything(cfg.seed)
+    if cfg.mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_bfloat16")
+    _check_resume(cfg)
+    data = prepare_data(cfg)
+    runnable, skipped, used = resolve_families(cfg)
+    if not runnable:
+        raise SystemExit(f"no family can run: {skipped}")
+    shares = share_budget(cfg.budget, list(runnable))
+    print(
+        "budget: "
+        + ", ".join(f"{f} {n} trials" for f, n in shares.items())
+        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+        flush=True,
+    )
+    progress = StudyProgress(
+        total_trials=sum(shares.values()), done=len(load_trials(cfg.study_dir))
+    )
+    deadline = t0 + cfg.time_budget * 60 if cfg.time_budget else None
+    val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
+    steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
+    for fam, hypermodel in runnable.items():
+        ctx = TrialContext(
+            cfg.study_dir,
+            fam,
+            cfg.patience,
+            progress,
+            val_ds,
+            data.val.paths,
+            data.val.labels,
+            used.get(fam, "none (trained from scratch)"),
+            cfg.verbose,
+            deadline,
+            shares[fam],
+        )
+        tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
+        train_ds = train_dataset(
+            data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
+        )
+        tuner.search(
+            train_ds,
+            steps_per_epoch=steps,
+            epochs=cfg.max_epochs,
+            validation_data=val_ds,
+            verbose=cfg.verbose,
+        )
+        tf.keras.backend.clear_session()
+    from study.winner import finish_study
+
+    summary = finish_study(cfg, data, skipped, used)
+    summary["seconds"] = time.monotonic() - t0
+    (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    w = summary["winner"]
+    print(
+        f"winner: {w['family']} ({w['trial']}) val AUC {w['validation']['auc']:.4f}, "
+        f"threshold {w['threshold']:.3f}; test ({w['test_source']}): "
+        f"{json.dumps(w['test'].get('accuracy'))} accuracy, AUC {w['test'].get('auc')}",
+        flush=True,
+    )
+    try:
+        from study.report import write_report
+    except ImportError:
+        print("report: study.report not available yet", flush=True)
+    else:
+        print(f"report: {write_report(cfg.study_dir)}", flush=True)
+    print(f"done in {summary['seconds'] / 60:.1f} min: {cfg.study_dir}", flush=True)
+    return summary

@@ -1,0 +1,113 @@
+"""Per-trial artifacts under results/<study>/trials/<trial>/ and the fit verdict."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+# The rule behind the verdict, stated once so the report can quote it.
+VERDICT_RULE = (
+    "overfitting: after the best epoch, val loss rose more than 10% above its minimum while "
+    "train loss kept falling, or train AUC exceeds val AUC by more than 0.05 at the best epoch; "
+    "underfitting: the best val AUC and the train AUC are both below 0.90; otherwise good fit. "
+    "Train metrics come from the augmented, class-balanced stream."
+)
+
+
+def read_history(csv_path: Path) -> list[dict[str, float]]:
+    """CSVLogger rows (appended across resumes), one per epoch, deduplicated by epoch."""
+    if not csv_path.is_file():
+        return []
+    rows: dict[int, dict[str, float]] = {}
+    with csv_path.open() as f:
+        for row in csv.DictReader(f):
+            try:
+                rows[int(row["epoch"])] = {k: float(v) for k, v in row.items() if v != ""}
+            except (KeyError, ValueError):
+                continue
+    return [rows[e] for e in sorted(rows)]
+
+
+def fit_verdict(history: list[dict[str, float]]) -> tuple[str, str]:
+    """('overfitting' | 'underfitting' | 'good fit' | 'too short', reason) from the curves."""
+    if len(history) < 2:
+        return "too short", "fewer than 2 epochs: no curve to judge"
+    val_auc = np.array([h.get("val_auc", np.nan) for h in history])
+    best = int(np.nanargmax(val_auc))
+    val_loss = np.array([h.get("val_loss", np.nan) for h in history])
+    loss = np.array([h.get("loss", np.nan) for h in history])
+    tail = slice(best + 1, None)
+    if (
+        len(val_loss[tail])
+        and np.nanmax(val_loss[tail]) > 1.10 * np.nanmin(val_loss)
+        and (loss[-1] < loss[best])
+    ):
+        return "overfitting", (
+            f"val loss rose to {np.nanmax(val_loss[tail]):.3f} (min {np.nanmin(val_loss):.3f}) "
+            f"after epoch {best + 1} while train loss fell"
+        )
+    gap = history[best].get("auc", np.nan) - val_auc[best]
+    if gap > 0.05:
+        return "overfitting", f"train AUC exceeds val AUC by {gap:.3f} at the best epoch"
+    if val_auc[best] < 0.90 and history[best].get("auc", 0.0) < 0.90:
+        return "underfitting", f"best val AUC {val_auc[best]:.3f} and train AUC below 0.90"
+    return "good fit", f"best val AUC {val_auc[best]:.3f} at epoch {best + 1}, gap {gap:+.3f}"
+
+
+def write_trial(
+    trial_dir: Path,
+    *,
+    family: str,
+    trial_id: str,
+    hyperparameters: dict[str, Any],
+    epochs_planned: int,
+    seconds: float,
+    params: int,
+    val_paths: list[str],
+    val_labels: np.ndarray,
+    val_probs: np.ndarray,
+    weights: str,
+) -> dict[str, Any]:
+    """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
+    history = read_history(trial_dir / "history.csv")
+    verdict, reason = fit_verdict(history)
+    val_auc = [h.get("val_auc", float("nan")) for h in history]
+    best = int(np.nanargmax(val_auc)) if history else -1
+    summary = {
+        "family": family,
+        "trial_id": trial_id,
+        "hyperparameters": hyperparameters,
+        "epochs_run": len(history),
+        "epochs_planned": epochs_planned,
+        "best_epoch": best + 1,
+        "stopped_early": len(history) < epochs_planned,
+        "val": {
+            k[4:]: v for k, v in (history[best] if history else {}).items() if k.startswith("val_")
+        },
+        "seconds": seconds,
+        "params": params,
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "weights": weights,
+    }
+    (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
+    with (trial_dir / "val_predictions.csv").open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "label", "probability_pneumonia"])
+        for p, y, q in zip(val_paths, val_labels, val_probs, strict=True):
+            w.writerow([p, int(y), f"{float(q):.6f}"])
+    return summary
+
+
+def load_trials(study_dir: Path) -> list[dict[str, Any]]:
+    """Every finished trial's summary, for the winner choice and the report."""
+    out = []
+    for p in sorted((study_dir / "trials").glob("*/trial.json")):
+        d = json.loads(p.read_text())
+        d["dir"] = str(p.parent)
+        out.append(d)
+    return out

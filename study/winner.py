@@ -1,0 +1,132 @@
+"""Pick the winner on validation, set its threshold on validation, test it once, export it."""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+
+from study import stats
+from study.config import StudyConfig
+from study.data import CLASS_NAMES
+from study.datasets import SplitArrays, StudyData
+from study.model_io import export_winner
+from study.pipeline import eval_dataset
+from study.trial_log import load_trials
+
+PACKAGES = (
+    "tensorflow-cpu",
+    "keras",
+    "keras-tuner",
+    "numpy",
+    "opencv-python-headless",
+    "scikit-learn",
+)
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def predict(model: keras.Model, split: SplitArrays, batch_size: int) -> np.ndarray:
+    if len(split.labels) == 0:
+        return np.zeros(0)
+    return (
+        model.predict(eval_dataset(split.images, split.labels, batch_size), verbose=0)
+        .reshape(-1)
+        .astype(np.float64)
+    )
+
+
+def write_predictions(path: Path, split: SplitArrays, probs: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "patient", "subtype", "label", "probability_pneumonia"])
+        for r, p in zip(split.records, probs, strict=True):
+            w.writerow([r.path, r.patient, r.subtype, r.label, f"{p:.6f}"])
+
+
+def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    best: dict[str, dict[str, Any]] = {}
+    for t in trials:
+        auc = t["val"].get("auc", float("-inf"))
+        if t["family"] not in best or auc > best[t["family"]]["val"].get("auc", float("-inf")):
+            best[t["family"]] = t
+    return best
+
+
+def finish_study(
+    cfg: StudyConfig, data: StudyData, skipped: dict[str, str], weights_used: dict[str, str]
+) -> dict[str, Any]:
+    """Evaluate each family's best; export the overall best as the winner."""
+    study_dir = cfg.study_dir
+    trials = load_trials(study_dir)
+    if not trials:
+        raise RuntimeError("no trial finished: nothing to choose a winner from")
+    bests = best_per_family(trials)
+    families: dict[str, Any] = {}
+    models: dict[str, keras.Model] = {}
+    for fam, t in bests.items():
+        model = keras.saving.load_model(Path(t["dir"]) / "best.keras")
+        val_p, test_p = (
+            predict(model, data.val, cfg.batch_size),
+            predict(model, data.test, cfg.batch_size),
+        )
+        threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
+        write_predictions(study_dir / "families" / fam / "val_predictions.csv", data.val, val_p)
+        write_predictions(study_dir / "families" / fam / "test_predictions.csv", data.test, test_p)
+        families[fam] = {
+            "trial": f"{fam}-{t['trial_id']}",
+            "threshold": threshold,
+            "threshold_rule": rule,
+            "val": stats.binary_metrics(data.val.labels, val_p, threshold),
+            "test": stats.binary_metrics(data.test.labels, test_p, threshold)
+            if len(data.test.labels)
+            else {},
+            "weights": weights_used.get(fam, "none (trained from scratch)"),
+        }
+        models[fam] = model
+    win_fam = max(bests, key=lambda f: bests[f]["val"].get("auc", float("-inf")))
+    win = bests[win_fam]
+    fam_info = families[win_fam]
+    info = {
+        "study": cfg.name,
+        "version": f"{cfg.name}-{win_fam}-{win['trial_id']}-{data.fingerprint[:8]}",
+        "class_names": list(CLASS_NAMES),
+        "threshold": fam_info["threshold"],
+        "threshold_rule": fam_info["threshold_rule"],
+        "preprocess": cfg.preprocess.to_dict(),
+        "image_size": cfg.image_size,
+        "input": "float32 (N, S, S, 1) in [0, 1] from study.preprocess.load_for_model",
+        "family": win_fam,
+        "trial": fam_info["trial"],
+        "hyperparameters": win["hyperparameters"],
+        "weights": fam_info["weights"],
+        "validation": fam_info["val"],
+        "test": fam_info["test"],
+        "test_source": data.plan.test_source,
+        "selection": "best validation ROC-AUC over all trials; the test split was used only "
+        "to evaluate, never to select a model or a threshold",
+        "data_fingerprint": data.fingerprint,
+        "split_sizes": data.plan.sizes(),
+        "skipped_families": skipped,
+        "packages": package_versions(),
+        "seed": cfg.seed,
+    }
+    export_winner(models[win_fam], info, study_dir)
+    summary = {"winner": info, "families": families, "skipped": skipped, "n_trials": len(trials)}
+    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    return summary

@@ -1,0 +1,152 @@
+"""Service fixtures: a tiny winner, in-process apps, and real stacks (SQLite; PostgreSQL+Redis)."""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+
+from service.settings import Settings
+from tests.service_support import API_KEY, Postgres, Redis, Stack, make_tiny_winner
+
+
+@pytest.fixture(scope="session")
+def tiny_winner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_tiny_winner(tmp_path_factory.mktemp("tiny_study"))
+
+
+@pytest.fixture(scope="session")
+def full_res_jpegs(samples_dir: Path) -> list[Path]:
+    files = sorted((samples_dir / "kermany_full_res" / "val" / "NORMAL").glob("*.jpeg"))
+    if len(files) < 3:
+        pytest.skip(f"LOUD SKIP: need 3 full-resolution JPEGs under {samples_dir}")
+    return files
+
+
+@pytest.fixture(scope="session")
+def sample_jpeg(full_res_jpegs: list[Path]) -> bytes:
+    return full_res_jpegs[0].read_bytes()
+
+
+class FakePublisher:
+    """Records job ids instead of talking to a broker (in-process API tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down = False
+
+    def send(self, prediction_id: str) -> None:
+        from service.queue import BrokerUnavailable
+
+        if self.down:
+            raise BrokerUnavailable("ConnectionRefusedError")
+        self.sent.append(prediction_id)
+
+    def ping(self) -> str | None:
+        return "broker unreachable (test)" if self.down else None
+
+
+def make_settings(tmp: Path, **kw: object) -> Settings:
+    from service.migrate import migrate
+
+    s = Settings(data_dir=tmp, api_key=API_KEY, **kw)  # type: ignore[arg-type]
+    migrate(s)
+    return s
+
+
+@pytest.fixture
+def app_settings(tmp_path: Path) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+def publisher() -> FakePublisher:
+    return FakePublisher()
+
+
+@pytest.fixture
+def client(app_settings: Settings, publisher: FakePublisher) -> Iterator[TestClient]:
+    from service.api import create_app
+
+    with TestClient(create_app(app_settings, publisher), raise_server_exceptions=False) as c:
+        yield c
+
+
+# --------------------------------------------------------------------------- real stacks
+
+
+@pytest.fixture(scope="session")
+def sqlite_stack(tiny_winner: Path) -> Iterator[Stack]:
+    """Embedded-mode backends: SQLite database + Celery's SQLite transport, real processes."""
+    work = Path(tempfile.mkdtemp(prefix="pneumoscope-sqlite-"))
+    stack = Stack(work, {"MODEL_PATH": str(tiny_winner)})
+    try:
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[Redis]:
+    work = Path(tempfile.mkdtemp(prefix="pneumoscope-redis-"))
+    redis = Redis(work)
+    try:
+        redis.start()
+    except FileNotFoundError as exc:
+        shutil.rmtree(work, ignore_errors=True)
+        pytest.skip(f"LOUD SKIP: {exc}")
+    try:
+        yield redis
+    finally:
+        redis.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def postgres_server() -> Iterator[Postgres]:
+    pg = Postgres()
+    try:
+        pg.start()
+    except FileNotFoundError as exc:
+        pg.stop()
+        pytest.skip(f"LOUD SKIP: {exc}")
+    try:
+        yield pg
+    finally:
+        pg.stop()
+
+
+@pytest.fixture(scope="session")
+def pg_redis_stack(
+    tiny_winner: Path, redis_server: Redis, postgres_server: Postgres
+) -> Iterator[Stack]:
+    """Production backends: PostgreSQL + Redis, real processes."""
+    work = Path(tempfile.mkdtemp(prefix="pneumoscope-pgredis-"))
+    env = {
+        "MODEL_PATH": str(tiny_winner),
+        "DATABASE_URL": postgres_server.url,
+        "BROKER_URL": redis_server.url,
+        "BROKER_VISIBILITY_TIMEOUT": "30",
+    }
+    stack = Stack(work, env)
+    try:
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.fixture(scope="session", params=["sqlite", "pg_redis"])
+def stack(request: pytest.FixtureRequest) -> Stack:
+    return request.getfixturevalue(f"{request.param}_stack")
