@@ -40,6 +40,7 @@ rootfs_tarball() {
   if [ "$FORCE" = 1 ] || [ ! -s "$tarball" ]; then
     local root
     root=$(mktemp -d "$CACHE/rootfs.XXXXXX")
+    chmod 755 "$root"  # mktemp made it 0700: the image's / must be traversable by non-root users
     echo "debootstrap $name ($include)" >&2
     debootstrap --variant=minbase --include="$include" "$SUITE" "$root" "$MIRROR" \
       >"$CACHE/$name-debootstrap.log" 2>&1 \
@@ -68,7 +69,9 @@ customise_redis() {
 #!/bin/sh
 set -e
 if [ "${1#-}" != "$1" ]; then set -- redis-server "$@"; fi
-if [ "$1" = redis-server ]; then shift; set -- redis-server --protected-mode no "$@"; fi
+if [ "$1" = redis-server ]; then
+  case "${2:-}" in -v|--version|-h|--help) ;; *) set -- "$@" --protected-mode no ;; esac
+fi
 exec "$@"
 EOF
   chmod 755 "$root/usr/local/bin/docker-entrypoint.sh"

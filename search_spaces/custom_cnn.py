@@ -101,7 +101,7 @@ class CustomCNNHyperModel(kt.HyperModel):
         # float32 output so mixed_bfloat16 still yields float32 probabilities and loss.
         outputs = keras.layers.Dense(1, activation="sigmoid", dtype="float32", name="head_out")(x)
         model = keras.Model(inputs, outputs, name="custom_cnn")
-        model.weights_kind = "none (random init)"
+        model.weights_kind = "random-init"  # by design; transfer families say which weights
         model.compile(
             optimizer=_optimizer(v),
             loss=keras.losses.BinaryCrossentropy(),

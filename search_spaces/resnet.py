@@ -9,9 +9,14 @@ Why it looks like this
 * The model takes the project's input format (float32 ``(S, S, 1)`` in [0, 1]) and does
   grey -> RGB x255 and the backbone's own ``preprocess_input`` as serialisable layers inside
   the graph, so the exported model needs no outside preprocessing.
-* The backbone is always called with ``training=False``: BatchNorm keeps its ImageNet
-  statistics, also in the blocks being fine-tuned (Keras' transfer-learning advice; batch
-  statistics of 32 X-rays are a poor replacement).
+* Every BatchNorm layer of the backbone stays frozen (``trainable=False``), also in the
+  blocks being fine-tuned, so it runs in inference mode with its ImageNet statistics (Keras'
+  transfer-learning advice; batch statistics of 32 X-rays are a poor replacement). In Keras
+  3 the ``training=False`` in ``backbone(x, training=False)`` is not enough on its own: a
+  functional model hands its own ``training`` flag to nested models during ``fit``. The
+  frozen flag is what keeps BatchNorm in inference mode (tested), and stochastic-depth
+  dropout inside the backbone is switched off (``rate=0``) so frozen features are
+  deterministic.
 * Searched: how many top blocks to fine-tune (0 = frozen backbone, head only), head size,
   dropout, optimiser, head learning rate and the backbone learning-rate multiplier (applied
   per variable by :class:`study.layers.LayerwiseAdam`).
@@ -33,12 +38,15 @@ FINE_TUNE_BLOCKS = [0, 1, 3, 6]
 HEAD_PREFIX = "head_"
 
 
-def set_trainable_top_blocks(backbone: keras.Model, n: int, block_pattern: str) -> list[str]:
+def set_trainable_top_blocks(
+    backbone: keras.Model, n: int, block_pattern: str, train_batchnorm: bool = False
+) -> list[str]:
     """Freeze all of ``backbone`` but its top ``n`` blocks (and the layers above them).
 
     Blocks are the distinct first groups of ``block_pattern`` matched against layer names, in
     layer order. ``n=0`` freezes everything; ``n >= number of blocks`` also unfreezes the stem.
-    Returns the unfrozen block names.
+    BatchNorm layers stay frozen (inference mode, ImageNet statistics) unless
+    ``train_batchnorm``. Returns the unfrozen block names.
     """
     pattern = re.compile(block_pattern)
     blocks: list[str] = []
@@ -63,6 +71,8 @@ def set_trainable_top_blocks(backbone: keras.Model, n: int, block_pattern: str) 
         else:
             # Before the first block: the stem; after the last: top conv/BN, always tuned.
             layer.trainable = stem_trainable if not seen_block else True
+        if not train_batchnorm and isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
     return [b for b in blocks if b in top]
 
 
@@ -138,6 +148,9 @@ class TransferHyperModel(kt.HyperModel):
             x = pre(x)
         backbone = self.make_backbone((s, s, 3))
         set_trainable_top_blocks(backbone, v["fine_tune_blocks"], self.block_pattern)
+        for layer in backbone.layers:
+            if isinstance(layer, keras.layers.Dropout):
+                layer.rate = 0.0  # see module docstring: frozen features stay deterministic
         x = backbone(x, training=False)
         x = keras.layers.GlobalAveragePooling2D(name=f"{HEAD_PREFIX}pool")(x)
         if v["dropout"] > 0:
@@ -167,7 +180,8 @@ class TransferHyperModel(kt.HyperModel):
 
 def _optimizer(v: dict[str, Any]) -> keras.optimizers.Optimizer:
     """Head at ``learning_rate``; unfrozen backbone blocks at ``learning_rate * mult``."""
-    mult = v.get("fine_tune_lr_mult") or 1.0
+    mult = v.get("fine_tune_lr_mult")
+    mult = 1.0 if mult is None else float(mult)  # None: frozen backbone, nothing to scale
     if v["optimizer"] == "adamw":
         return LayerwiseAdamW(
             learning_rate=v["learning_rate"],

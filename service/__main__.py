@@ -31,15 +31,38 @@ def run_api(settings: Settings) -> None:
     )
 
 
+def _exit_on_signal(signum: int, _frame: object) -> None:
+    raise SystemExit(128 + signum)
+
+
+def _die_with_parent() -> None:
+    """Linux: the worker gets SIGTERM if the embedded API process dies, even by SIGKILL."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
 def run_embedded(settings: Settings) -> None:
     """API in this process, one worker as a child process; the child is stopped on exit."""
     from service.migrate import migrate
 
     settings.ensure_dirs()
     migrate(settings)
-    worker = subprocess.Popen([sys.executable, "-m", "service", "worker"], env=os.environ.copy())
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "service", "worker"],
+        env=os.environ.copy(),
+        preexec_fn=_die_with_parent,
+    )
+    # uvicorn re-raises SIGTERM/SIGINT after its shutdown, with the handler it found installed:
+    # make that handler an exception, so the finally below stops the worker.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     try:
         run_api(settings)
+    except SystemExit:
+        pass
     finally:
         worker.send_signal(signal.SIGTERM)
         try:

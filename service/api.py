@@ -6,6 +6,9 @@ pass a fake publisher to run in-process without a broker.
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -34,7 +37,15 @@ def create_app(
         settings.storage_root.mkdir(parents=True, exist_ok=True)
         storage = LocalStorage(settings.storage_root)
     publisher = publisher or Publisher(create_celery(settings))
-    app = FastAPI(title="pneumoscope", version="1", docs_url="/docs", redoc_url=None)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        db.dispose()
+
+    app = FastAPI(
+        title="pneumoscope", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan
+    )
     app.state.ctx = AppContext(settings=settings, db=db, storage=storage, publisher=publisher)
     app.state.metrics = Metrics(db)
     errors.install(app)
@@ -62,10 +73,6 @@ def create_app(
     app.include_router(predictions.router)
     app.include_router(uploads.router)
     _include_ui(app)
-
-    @app.on_event("shutdown")
-    def _dispose() -> None:
-        db.dispose()
 
     return app
 

@@ -3,7 +3,7 @@
 1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large``: JPEG, PNG or
    DICOM through study.preprocess.decode (the only decoder), byte and pixel
    limits checked before any pixel is decoded (decode reads header sizes first).
-2. X-ray    ``not_xray``: colour, white background, few grey levels, edge density
+2. X-ray    ``not_xray``: colour, white background, edge density
    and fine detail against thresholds learned from the training X-rays.
 3. chest    ``not_chest_xray``: DICOM Modality/BodyPartExamined when present, then
    a one-class "eigen-lung" PCA detector calibrated on validation X-rays.
@@ -32,8 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import cv2
+
 from service.gate_features import FEATURES, compute_features
-from service.gate_model import GateModel, Threshold, fit_gate, load_gate
+from service.gate_model import GateModel, StaleGateError, Threshold, fit_gate, load_gate
 from study.preprocess import (
     Decoded,
     ImageDecodeError,
@@ -229,7 +231,9 @@ def format_check(data: bytes, settings: GateSettings | None = None) -> GateResul
         return _decode_failure(fmt, str(exc), checks, s)
     except Exception as exc:  # a broken file must never crash the service
         return _reject(
-            "not_an_image", f"the {fmt.upper()} file could not be read ({type(exc).__name__})", checks
+            "not_an_image",
+            f"the {fmt.upper()} file could not be read ({type(exc).__name__})",
+            checks,
         )
     h, w = decoded.pixels.shape[:2]
     if "pixels" not in checks:
@@ -263,8 +267,6 @@ _XRAY_WORDS = {
     "({v:.0%} of the pixels are clearly coloured; X-rays are grey)",
     "white_fraction": "this looks like a document, chart or screenshot, not an X-ray "
     "({v:.0%} of the image is white background)",
-    "grey_level_entropy": "this looks like a chart, drawing or screenshot, not an X-ray "
-    "(too few grey levels)",
     "edge_density": "this looks like text, a chart or a photo, not an X-ray "
     "(far more sharp edges than an X-ray has)",
     "fine_detail": "this looks like a photo or a screenshot, not an X-ray "
@@ -273,7 +275,7 @@ _XRAY_WORDS = {
 _QUALITY_WORDS = {
     "min_side": "the image is too small ({v:.0f} px on its shortest side; need at least {t:.0f})",
     "sharpness": "the image is too blurred to read",
-    "clipped_white": "the image is over-exposed or burned out ({v:.0%} of the pixels are pure white)",
+    "clipped_white": "the image is over-exposed ({v:.0%} of the pixels are pure white)",
     "clipped_black": "the image is under-exposed ({v:.0%} of the pixels are pure black)",
     "contrast": "the image has too little contrast to read",
 }
@@ -310,7 +312,12 @@ def gate_decoded(
     meta |= {"width": int(decoded.pixels.shape[1]), "height": int(decoded.pixels.shape[0])}
 
     dicom_msg = _dicom_checks(decoded.meta, checks) if decoded.format == "dicom" else None
-    feats = compute_features(decoded.pixels)
+    try:
+        feats = compute_features(decoded.pixels)
+    except (ValueError, TypeError, cv2.error, ImageDecodeError) as exc:  # odd pixel layouts
+        why = f"the image's pixels could not be analysed ({type(exc).__name__})"
+        checks["analysable"] = _check(False, True, "eq", False, "format")
+        return _reject("unsupported_format", why, checks, decoded=decoded, meta=meta)
     for name, (layer, _, _) in FEATURES.items():
         t: Threshold = m.thresholds[name]
         v = feats.values[name]
@@ -335,8 +342,10 @@ def gate_decoded(
         c = checks["chest_score"]
         return _reject(
             "not_chest_xray",
-            "this looks like an X-ray of another body part or another kind of scan, not a "
-            f"frontal chest X-ray (chest-shape score {c['value']:.0f}, limit {c['threshold']:.0f})",
+            "this does not look like a frontal chest X-ray in the usual orientation: it may "
+            "be an X-ray of another body part (hand, knee, elbow...), another kind of scan "
+            "(CT, MRI), a rotated or inverted image, or not a medical image "
+            f"(chest-shape score {c['value']:.0f}, limit {c['threshold']:.0f})",
             checks,
             **kw,
         )
@@ -380,16 +389,21 @@ def default_data_dir() -> Path:
 
 
 def default_model(path: Path | None = None, fit_if_missing: bool = True) -> GateModel:
-    """Load (once) the gate model; fit it from PNEUMOSCOPE_DATA_DIR first if there is none."""
+    """Load (once) the gate model; fit it from PNEUMOSCOPE_DATA_DIR first if there is none
+    (or if the saved one was fitted by another version of the features)."""
     p = Path(path) if path else default_gate_path()
     with _MODEL_LOCK:
         if str(p) not in _MODELS:
-            if not p.with_suffix(".npz").is_file() and fit_if_missing:
+            try:
+                _MODELS[str(p)] = load_gate(p)
+            except (FileNotFoundError, StaleGateError) as exc:
+                if not fit_if_missing:
+                    raise
                 d = default_data_dir()
-                log.warning("no gate model at %s: fitting it from %s (takes < 1 min)", p, d)
-                print(f"gate: no model at {p}; fitting it from {d} first", file=sys.stderr)
+                why = "stale" if isinstance(exc, StaleGateError) else "no"
+                log.warning("%s gate model at %s: fitting it from %s (about a minute)", why, p, d)
                 fit_gate(d, p, seed=0)
-            _MODELS[str(p)] = load_gate(p)
+                _MODELS[str(p)] = load_gate(p)
         return _MODELS[str(p)]
 
 
@@ -401,13 +415,11 @@ def _cli_fit(argv: list[str]) -> int:
     ap.add_argument("--data-dir", type=Path, default=default_data_dir())
     ap.add_argument("--out", type=Path, default=default_gate_path())
     ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-train", type=int, default=1500)
+    ap.add_argument("--max-train", type=int, default=1200)
     ap.add_argument("--max-val", type=int, default=700)
     ap.add_argument("--target-acceptance", type=float, default=0.99)
     a = ap.parse_args(argv)
-    model = fit_gate(
-        a.data_dir, a.out, a.seed, a.max_train, a.max_val, a.target_acceptance
-    )
+    model = fit_gate(a.data_dir, a.out, a.seed, a.max_train, a.max_val, a.target_acceptance)
     print(json.dumps({"out": str(a.out.with_suffix(".npz"))} | model.info))
     return 0
 
@@ -427,8 +439,17 @@ def _cli_check(argv: list[str]) -> int:
         try:
             data = f.read_bytes()
         except OSError as exc:
-            print(json.dumps({"file": str(f), "accepted": False, "code": "unreadable",
-                              "message": str(exc), "checks": {}}))
+            print(
+                json.dumps(
+                    {
+                        "file": str(f),
+                        "accepted": False,
+                        "code": "unreadable",
+                        "message": str(exc),
+                        "checks": {},
+                    }
+                )
+            )
             continue
         r = run_gate(data, settings, model)
         line = {"file": str(f), "accepted": r.accepted, "code": r.code, "message": r.message}
@@ -438,6 +459,7 @@ def _cli_check(argv: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="gate: %(message)s", stream=sys.stderr)
     if argv and argv[0] == "fit":
         return _cli_fit(argv[1:])
     return _cli_check(argv)

@@ -27,15 +27,15 @@ CHROMA_COLOURED = 0.12  # a pixel whose max-min channel spread exceeds 12% of ra
 WHITE_LEVEL = 250  # windowed uint8 level counted as white background
 CLIP_HIGH = 254  # raw 8-bit level counted as clipped white
 CLIP_LOW = 1  # raw 8-bit level counted as clipped black
+CLIP_BLUR = 5  # px box filter on the 224 image before counting clipped pixels
 SHARPNESS_SIGMA = 1.0
 
 # name -> (layer, "max" or "min", log-scale?) ; thresholds are fitted in gate_model.
 FEATURES: dict[str, tuple[str, str, bool]] = {
     "colour_fraction": ("xray", "max", False),
     "white_fraction": ("xray", "max", False),
-    "grey_level_entropy": ("xray", "min", False),
     "edge_density": ("xray", "max", False),
-    "fine_detail": ("xray", "max", True),
+    "fine_detail": ("xray", "max", False),
     "min_side": ("quality", "min", False),
     "sharpness": ("quality", "min", True),
     "clipped_white": ("quality", "max", False),
@@ -96,21 +96,20 @@ def compute_features(pixels: np.ndarray) -> GateFeatures:
     work = window(small)
     wf = work.astype(np.float32)
     raw = _raw8(small)
+    # Clipping counts areas, not strokes: thin burned-in text and markers blur away.
+    blurred = cv2.blur(raw, (CLIP_BLUR, CLIP_BLUR))
 
-    hist = np.bincount(work.ravel(), minlength=256).astype(np.float64) / work.size
-    nz = hist[hist > 0]
     smooth = cv2.GaussianBlur(wf, (0, 0), SHARPNESS_SIGMA)
     detail = float(cv2.Laplacian(smooth, cv2.CV_32F).var())
     values = {
         "colour_fraction": _colour_fraction(pixels),
         "white_fraction": float((work >= WHITE_LEVEL).mean()),
-        "grey_level_entropy": float(-(nz * np.log2(nz)).sum()),
         "edge_density": float((cv2.Canny(work, 100, 200) > 0).mean()),
         "fine_detail": detail,
         "min_side": float(min(h, w)),
         "sharpness": detail,
-        "clipped_white": float((raw >= CLIP_HIGH).mean()),
-        "clipped_black": float((raw <= CLIP_LOW).mean()),
+        "clipped_white": float((blurred >= CLIP_HIGH).mean()),
+        "clipped_black": float((blurred <= CLIP_LOW).mean()),
         "contrast": float(raw.astype(np.float32).std() / 255.0),
     }
     return GateFeatures(values, chest_vector(work))

@@ -12,6 +12,8 @@ calibrated on the patient-grouped VALIDATION split for a stated acceptance rate:
   documents and graphics.
 * colour: training X-rays have no coloured pixels at all, so the threshold has a
   floor (5% of the image) that leaves room for coloured burned-in annotations.
+  Likewise clipped white has a floor of 2%: the JPEG training copies hold almost
+  no pure white, while other sources burn in white labels and markers.
 * chest: PCA on 32x32 equalised thumbnails of training X-rays; the score is the
   Gaussian negative log-likelihood estimate of Moghaddam and Pentland
   (Mahalanobis distance in the PCA space plus residual energy over the mean
@@ -41,10 +43,11 @@ from service.gate_features import (
 )
 from study.preprocess import decode
 
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 XRAY_MARGIN = 2.0
 QUALITY_MARGIN = 1.0
 COLOUR_FLOOR = 0.05
+CLIPPED_WHITE_FLOOR = 0.02
 VARIANCE_KEPT = 0.80  # PCA components: enough for 80% of the thumbnail variance
 MAX_COMPONENTS = 64
 
@@ -89,8 +92,10 @@ class GateModel:
     def save(self, out_path: Path) -> Path:
         out_path = Path(out_path).with_suffix(".npz")
         out_path.parent.mkdir(parents=True, exist_ok=True)
+        # Write then rename, so a concurrent reader never sees half a model.
+        tmp = out_path.with_name(f".{out_path.stem}.{os.getpid()}.tmp.npz")
         np.savez_compressed(
-            out_path,
+            tmp,
             mean=self.mean.astype(np.float32),
             components=self.components.astype(np.float32),
             eigenvalues=self.eigenvalues.astype(np.float64),
@@ -98,11 +103,24 @@ class GateModel:
         )
         meta = {
             "format_version": FORMAT_VERSION,
+            "features": feature_signature(),
             "thresholds": {k: vars(t) for k, t in self.thresholds.items()},
             "info": self.info,
         }
-        out_path.with_suffix(".json").write_text(json.dumps(meta, indent=1))
+        tmp_json = tmp.with_suffix(".json")
+        tmp_json.write_text(json.dumps(meta, indent=1))
+        os.replace(tmp_json, out_path.with_suffix(".json"))
+        os.replace(tmp, out_path)
         return out_path
+
+
+def feature_signature() -> dict[str, Any]:
+    """What a saved model's numbers mean; a model fitted with other features is stale."""
+    return {"features": sorted(FEATURES), "work_size": WORK_SIZE, "chest": CHEST_CFG.to_dict()}
+
+
+class StaleGateError(ValueError):
+    """The saved gate was fitted by another version of the features: refit it."""
 
 
 def load_gate(path: str | os.PathLike[str]) -> GateModel:
@@ -112,8 +130,10 @@ def load_gate(path: str | os.PathLike[str]) -> GateModel:
     if not npz.is_file() or not js.is_file():
         raise FileNotFoundError(f"no gate model at {npz} (+ .json); fit one with 'fit'")
     meta = json.loads(js.read_text())
-    if meta.get("format_version") != FORMAT_VERSION:
-        raise ValueError(f"{js}: gate format {meta.get('format_version')} != {FORMAT_VERSION}")
+    if meta.get("format_version") != FORMAT_VERSION or meta.get("features") != json.loads(
+        json.dumps(feature_signature())
+    ):
+        raise StaleGateError(f"{js} was fitted by another version of the gate; refit it")
     with np.load(npz) as z:
         return GateModel(
             thresholds={k: Threshold(**v) for k, v in meta["thresholds"].items()},
@@ -146,7 +166,7 @@ def fit_gate(
     data_dir: str | os.PathLike[str],
     out_path: str | os.PathLike[str] | None = None,
     seed: int = 0,
-    max_train: int = 1500,
+    max_train: int = 1200,
     max_val: int = 700,
     target_acceptance: float = 0.99,
 ) -> GateModel:
@@ -182,12 +202,14 @@ def fit_gate(
         else:
             thr = _feature_threshold(vals, kind, log, margin)
             pct = "99.5th" if kind == "max" else "0.5th"
-            how = (
-                f"train {pct} percentile widened by {margin:g}x its distance from the median"
-                + (" (log scale)" if log else "")
+            how = f"train {pct} percentile widened by {margin:g}x its distance from the median" + (
+                " (log scale)" if log else ""
             )
             if name == "colour_fraction" and thr < COLOUR_FLOOR:
                 thr, how = COLOUR_FLOOR, how + f"; floor {COLOUR_FLOOR:g} for coloured annotations"
+            if name == "clipped_white" and thr < CLIPPED_WHITE_FLOOR:
+                thr = CLIPPED_WHITE_FLOOR
+                how += f"; floor {CLIPPED_WHITE_FLOOR:g}: a label or marker is not over-exposure"
         thresholds[name] = Threshold(thr, kind, layer, how)
 
     # Eigen-lungs: PCA by SVD of the centred training thumbnails.
@@ -212,7 +234,9 @@ def fit_gate(
 
     def accepted(f: GateFeatures) -> dict[str, bool]:
         out = {name: thresholds[name].passes(f.values[name]) for name in FEATURES}
-        out["chest_score"] = thresholds["chest_score"].passes(model.chest_scores(f.chest_vector)["score"])
+        out["chest_score"] = thresholds["chest_score"].passes(
+            model.chest_scores(f.chest_vector)["score"]
+        )
         return out
 
     val_pass = [accepted(f) for f in val]

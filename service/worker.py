@@ -29,10 +29,24 @@ def _fast_sqlite_polling(settings: Settings) -> None:
         ksql.Transport.polling_interval = 0.1
 
 
+def warm_up_gate(settings: Settings) -> None:
+    """Run the gate once on a synthetic image: loads (or fits) its model before the first job."""
+    import cv2
+    import numpy as np
+
+    from service.gate import run_gate
+
+    ramp = np.tile(np.linspace(0, 255, 256, dtype=np.uint8), (256, 1))
+    ok, png = cv2.imencode(".png", ramp)
+    if ok:
+        run_gate(png.tobytes(), settings)
+
+
 def build_state(settings: Settings) -> tasks.WorkerState:
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     runtime = ModelRuntime.from_settings(settings)
     runtime.warm_up()
+    warm_up_gate(settings)
     app = create_celery(settings)
     return tasks.WorkerState(
         settings=settings,

@@ -310,6 +310,10 @@ class AuditReport:
         """Unreadable or damaged files: path and reason."""
         return [{"path": r.path, "reason": r.error} for r in self.rows if r.error]
 
+    def readable_records(self) -> list[ImageRecord]:
+        """Records whose file decoded cleanly: what splits and training should use."""
+        return [rec for rec, row in zip(self.records, self.rows, strict=True) if row.ok]
+
     def linked_clusters(self) -> list[list[str]]:
         """Exact + near clusters, for ``make_splits(records, linked=...)``."""
         return [list(c) for c in self.exact_duplicates] + [list(c) for c in self.near_duplicates]

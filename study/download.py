@@ -36,7 +36,7 @@ from urllib.request import getproxies, proxy_bypass
 from study.data import CLASS_NAMES, IMAGE_SUFFIXES
 
 DATASET = "paultimothymooney/chest-xray-pneumonia"
-KAGGLE_HOST = "www.kaggle.com"
+KAGGLE_HOST = "api.kaggle.com"  # where the client sends its requests
 DEFAULT_DEST = Path(__file__).resolve().parents[1] / "data" / "chest_xray"
 #: Images per split and class in the Kaggle release.
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {

@@ -301,7 +301,8 @@ def central_lung_mask(h: int, w: int) -> np.ndarray:
     (vertical). So each field spans x 0.14-0.46 / 0.54-0.86 and y 0.17-0.77,
     leaving the mediastinum (x 0.46-0.54), the neck and label corners at the
     top and the abdomen at the bottom outside. It assumes the preprocessed,
-    stretched-to-square framing of the Kermany images; the two ellipses cover
+    stretched-to-square framing of the Kermany images (checked by eye on
+    preprocessed training X-rays of both classes); the two ellipses cover
     about 30 % of the image.
     """
     yy, xx = np.mgrid[0:h, 0:w].astype(np.float64)

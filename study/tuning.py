@@ -8,6 +8,7 @@ and progress lines.
 
 from __future__ import annotations
 
+import shutil
 import sys
 import time
 from dataclasses import dataclass, field
@@ -87,6 +88,27 @@ class ProgressLine(keras.callbacks.Callback):
         )
 
 
+class ResumableTrial(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that never turns a half-written backup into a failed trial.
+
+    A kill while the first backup is written leaves nothing to fall back on;
+    the trial then restarts from epoch 0 instead of failing.
+    """
+
+    def __init__(self, backup_dir: Path) -> None:
+        super().__init__(str(backup_dir), double_checkpoint=True)
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        try:
+            super().on_train_begin(logs)
+        except (OSError, ValueError, KeyError) as exc:
+            print(
+                f"backup in {self.backup_dir} unreadable ({exc}); restarting this trial", flush=True
+            )
+            shutil.rmtree(self.backup_dir, ignore_errors=True)
+            self.model._initial_epoch = 0
+
+
 @dataclass
 class TrialContext:
     """What every trial of a family needs besides the hyperparameters."""
@@ -126,8 +148,9 @@ class StudyTunerMixin:
             keras.callbacks.EarlyStopping(
                 monitor="val_auc", mode="max", patience=self.ctx.patience, restore_best_weights=True
             ),
+            # Backup before the CSV row: a row on disk means its epoch can be resumed.
+            ResumableTrial(trial_dir / "backup"),
             keras.callbacks.CSVLogger(str(trial_dir / "history.csv"), append=True),
-            keras.callbacks.BackupAndRestore(str(trial_dir / "backup")),
             ProgressLine(self.ctx.progress, self.ctx.family, trial.trial_id, describe(hp), epochs),
         ]
         kwargs["verbose"] = self.ctx.verbose

@@ -1,4 +1,4 @@
-"""Shared fixtures. Data comes from ../shared (or PNEUMOSCOPE_DATA_DIR / PNEUMOSCOPE_SAMPLES_DIR)."""
+"""Shared fixtures; data comes from ../shared or PNEUMOSCOPE_DATA_DIR / _SAMPLES_DIR."""
 
 from __future__ import annotations
 
@@ -48,3 +48,54 @@ def pytest_runtest_makereport(item, call):
     if IN_CI and report.skipped:
         report.outcome = "failed"
         report.longrepr = f"skipped in CI (CI=true makes a skip a failure): {item.nodeid}"
+
+
+def tiny_study_args(data_dir: Path, root: Path, name: str = "tiny", budget: int = 2) -> list[str]:
+    """A study small enough for CI: 2 trials, 2 epochs, 64 px, ~300 images."""
+    return [
+        "--data-dir",
+        str(data_dir),
+        "--results-dir",
+        str(root / "results"),
+        "--cache-dir",
+        str(root / "cache"),
+        "--weights-dir",
+        str(root / "weights"),
+        "--name",
+        name,
+        "--budget",
+        str(budget),
+        "--max-epochs",
+        "2",
+        "--image-size",
+        "64",
+        "--max-train-images",
+        "300",
+        "--families",
+        "custom_cnn,resnet,efficientnet",
+        "--tuner",
+        "random",
+        "--steps-per-epoch",
+        "6",
+        "--patience",
+        "2",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run one tiny study in a subprocess (as a user would) and return results/<study>."""
+    import subprocess
+    import sys
+
+    root = tmp_path_factory.mktemp("tiny_study")
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_study.py"), *tiny_study_args(data_dir, root)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=1200,
+    )
+    (root / "study.log").write_text(proc.stdout + "\n" + proc.stderr)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return root / "results" / "tiny"

@@ -52,6 +52,36 @@ def make_tiny_winner(study_dir: Path) -> Path:
     return export_winner(model, info, Path(study_dir))
 
 
+# --------------------------------------------------------------------------- in-process
+
+
+class FakePublisher:
+    """Records job ids instead of talking to a broker (in-process API tests)."""
+
+    def __init__(self) -> None:
+        self.sent: list[str] = []
+        self.down = False
+
+    def send(self, prediction_id: str) -> None:
+        from service.queue import BrokerUnavailable
+
+        if self.down:
+            raise BrokerUnavailable("ConnectionRefusedError")
+        self.sent.append(prediction_id)
+
+    def ping(self) -> str | None:
+        return "broker unreachable (test)" if self.down else None
+
+
+def make_settings(tmp: Path, **kw: Any) -> Any:
+    from service.migrate import migrate
+    from service.settings import Settings
+
+    s = Settings(data_dir=tmp, api_key=API_KEY, **kw)
+    migrate(s)
+    return s
+
+
 # --------------------------------------------------------------------------- processes
 
 
@@ -166,8 +196,10 @@ class Postgres:
 class Stack:
     """The API and a worker as real subprocesses (``python -m service api|worker``)."""
 
-    def __init__(self, workdir: Path, env: dict[str, str]) -> None:
+    def __init__(self, workdir: Path, env: dict[str, str], log_dir: Path | None = None) -> None:
         self.workdir = workdir
+        self.log_dir = log_dir or workdir
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.env = {
             **os.environ,
@@ -191,7 +223,7 @@ class Stack:
         self.client = httpx.Client(base_url=self.base, timeout=30)
 
     def _spawn(self, mode: str, extra: dict[str, str] | None = None) -> subprocess.Popen:
-        log = open(self.workdir / f"{mode}.log", "ab")  # noqa: SIM115
+        log = open(self.log_dir / f"{mode}.log", "ab")  # noqa: SIM115
         return subprocess.Popen(
             [sys.executable, "-m", "service", mode],
             cwd=REPO,
@@ -219,7 +251,7 @@ class Stack:
     def wait_ready(self, timeout: float = 180) -> None:
         def ready() -> bool:
             if self.worker is not None and self.worker.poll() is not None:
-                raise RuntimeError(f"worker exited: see {self.workdir / 'worker.log'}")
+                raise RuntimeError(f"worker exited: see {self.log_dir / 'worker.log'}")
             return self.client.get("/readyz").status_code == 200
 
         wait_for(ready, timeout, "/readyz 200 (worker with loaded model)", interval=0.5)
@@ -247,7 +279,7 @@ class Stack:
     ) -> httpx.Response:
         return self.client.post("/v1/predictions", files={"file": (name, data, ctype)})
 
-    def wait_status(self, pid: str, statuses: tuple[str, ...], timeout: float = 90) -> dict:
+    def wait_status(self, pid: str, statuses: tuple[str, ...], timeout: float = 180) -> dict:
         def check() -> dict | None:
             body = self.client.get(f"/v1/predictions/{pid}").json()
             return body if body["status"] in statuses else None

@@ -182,6 +182,26 @@ def test_cross_split_against_source_folders(subset, data_dir, tmp_path):
     assert "across plan splits: 0 patients, 0 duplicate clusters" in report.summary(plan)
 
 
+def test_full_resolution_original_matches_its_224px_copy(subset, data_dir, samples_dir):
+    """Real near duplicates: a Kaggle original vs the stretched 224-px copy in shared/data."""
+    name = "IM-0117-0001.jpeg"
+    small = subset / "train" / "NORMAL" / name
+    shutil.copy(data_dir / "train" / "NORMAL" / name, small)
+    (subset / "val" / "NORMAL").mkdir(parents=True)
+    big = subset / "val" / "NORMAL" / "IM-9117-0001.jpeg"  # renamed: a new "patient"
+    shutil.copy(samples_dir / "kermany_full_res" / "train" / "NORMAL" / name, big)
+
+    records = scan(subset)
+    report = audit_dataset(records, workers=1, progress=False, cache_dir=None)
+    assert (_row(report, big).width, _row(report, small).width) == (1422, 224)
+    assert {str(small), str(big)} in [set(c) for c in report.near_duplicates]
+    crossing = report.cross_split()["source"]["duplicates"]
+    assert [d["kind"] for d in crossing] == ["near"]
+    plan = make_splits(report.readable_records(), linked=report.linked_clusters())
+    assert report.cross_split(plan)["plan"]["duplicates"] == []
+    assert str(small) not in {r.path for r in plan.of("train")}
+
+
 def test_rerun_comes_from_cache_and_rereads_changed_files(subset, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     records = scan(subset)

@@ -63,12 +63,17 @@ def test_complete_folder_is_skipped(tmp_path, no_credentials, monkeypatch):
     assert download(dest) == dest
 
 
-def test_incomplete_folder_is_not_overwritten(tmp_path, no_credentials):
-    dest = fake_release(tmp_path / "chest_xray", {"train": EXPECTED_COUNTS["train"]})
-    with pytest.raises(DownloadError, match="val/NORMAL: 0 of 8") as e:
+SMALL = {"train": {"NORMAL": 4, "PNEUMONIA": 5}, "val": {"NORMAL": 2, "PNEUMONIA": 2},
+         "test": {"NORMAL": 3, "PNEUMONIA": 3}}  # fmt: skip
+
+
+def test_incomplete_folder_is_not_overwritten(tmp_path, no_credentials, monkeypatch):
+    monkeypatch.setattr(dl, "EXPECTED_COUNTS", SMALL)
+    dest = fake_release(tmp_path / "chest_xray", {"train": SMALL["train"]})
+    with pytest.raises(DownloadError, match="val/NORMAL: 0 of 2") as e:
         download(dest)
     assert "--data-dir" in str(e.value)
-    assert len(list((dest / "train" / "NORMAL").iterdir())) == 1341
+    assert len(list((dest / "train" / "NORMAL").iterdir())) == 4
 
 
 def test_missing_credentials_is_a_clear_error(tmp_path, no_credentials):
@@ -119,7 +124,7 @@ def test_no_network_fails_fast_with_fake_credentials(tmp_path):
         tmp_path,
         {"KAGGLE_USERNAME": "nobody", "KAGGLE_KEY": "0" * 32, "HTTPS_PROXY": proxy},
     )
-    assert "DOWNLOAD_ERROR: cannot reach www.kaggle.com via proxy" in out, out
+    assert f"DOWNLOAD_ERROR: cannot reach {dl.KAGGLE_HOST} via proxy" in out, out
     assert "--data-dir" in out
 
 
@@ -153,17 +158,26 @@ def test_no_network_without_proxy(tmp_path):
     assert "DOWNLOAD_ERROR:" in out, out
 
 
+def test_stalled_download_is_abandoned(tmp_path):
+    """The Kaggle client sets no socket timeouts: the watchdog must give up on a stall."""
+    t0 = time.monotonic()
+    with pytest.raises(DownloadError, match="stalled"):
+        dl._run_with_watchdog(lambda: time.sleep(30), tmp_path, stall_seconds=1.0)
+    assert time.monotonic() - t0 < 10
+
+
 def test_download_normalises_the_nested_zip_layout(tmp_path, no_credentials, monkeypatch):
     """A fake client writes what the Kaggle zip unpacks to; dest gets plain train/val/test."""
     monkeypatch.setenv("KAGGLE_USERNAME", "nobody")
     monkeypatch.setenv("KAGGLE_KEY", "x")
     monkeypatch.setattr(dl, "check_network", lambda *a, **k: None)
+    monkeypatch.setattr(dl, "EXPECTED_COUNTS", SMALL)  # the layout logic, not 5,856 files
 
     class FakeApi:
         def dataset_download_files(self, dataset, path, quiet, unzip):
             assert dataset == "paultimothymooney/chest-xray-pneumonia" and unzip
             top = Path(path) / "chest_xray"
-            fake_release(top)
+            fake_release(top, SMALL)
             fake_release(top / "chest_xray", {"train": {"NORMAL": 3, "PNEUMONIA": 2}})
             junk = Path(path) / "__MACOSX" / "chest_xray" / "train" / "NORMAL"
             junk.mkdir(parents=True)

@@ -4,20 +4,18 @@ Synthetic 32x32 grey images: noise plus dim blobs; positives also carry a
 bright 6x6 square at a random place. A model that solves the task can only
 do so by looking at the square, so its heatmap must sit on it. The same
 trained weights are then re-wrapped as a nested backbone and rebuilt under
-mixed_bfloat16; heatmaps must agree with the flat float32 model.
+mixed_bfloat16; heatmaps must agree with the flat float32 model. Random-weight
+models check that DAG backbones and DAG or Sequential outer graphs give the
+same heatmaps as the equivalent flat model.
 """
 
 from __future__ import annotations
 
-import os
+import keras
+import numpy as np
+import pytest
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import pytest  # noqa: E402
-
-from study import gradcam as gc  # noqa: E402
+from study import gradcam as gc
 
 SIZE, SQ = 32, 6
 

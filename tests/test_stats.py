@@ -171,6 +171,19 @@ def test_bootstrap_auc_matches_image_level_when_groups_are_singletons() -> None:
     assert lo < point < hi and hi - lo < 0.25
 
 
+def test_weighted_auc_equals_sklearn_with_sample_weights() -> None:
+    rng = np.random.default_rng(8)
+    y = rng.integers(0, 2, 90)
+    s = np.round(y * 0.4 + rng.random(90), 1)  # many ties
+    w = rng.integers(0, 4, (25, 90)).astype(float)
+    w[0] = 0.0
+    w[0, y == 1] = 1.0  # a replicate without negatives -> NaN (skipped by bootstrap_ci)
+    got = stats.weighted_auc(y, s, w)
+    assert np.isnan(got[0])
+    want = [roc_auc_score(y, s, sample_weight=row) for row in w[1:]]
+    np.testing.assert_allclose(got[1:], want, rtol=1e-12)
+
+
 # --------------------------------------------------------------------------- DeLong
 
 

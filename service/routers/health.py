@@ -31,30 +31,41 @@ def _check_db(ctx: Ctx) -> str | None:
         return f"database unreachable or not migrated ({type(exc).__name__})"
 
 
-def _check_model(ctx: Ctx) -> str | None:
-    """A worker heartbeat fresher than WORKER_TTL_SECONDS means a model is loaded and serving."""
-    try:
-        fresh = utcnow() - timedelta(seconds=ctx.settings.worker_ttl_seconds)
-        with ctx.db.session() as s:
-            n = s.execute(
+def live_workers(ctx: Ctx) -> int:
+    """Workers whose heartbeat (sent only once the model is loaded) is fresher than the TTL."""
+    fresh = utcnow() - timedelta(seconds=ctx.settings.worker_ttl_seconds)
+    with ctx.db.session() as s:
+        return int(
+            s.execute(
                 select(func.count()).select_from(WorkerBeat).where(WorkerBeat.beat_at >= fresh)
             ).scalar_one()
-        return None if n else "no worker has reported a loaded model recently"
+        )
+
+
+def _check_model(ctx: Ctx) -> tuple[str | None, int]:
+    try:
+        n = live_workers(ctx)
+        return (None if n else "no worker has reported a loaded model recently"), n
     except Exception as exc:
-        return f"cannot read worker heartbeats ({type(exc).__name__})"
+        return f"cannot read worker heartbeats ({type(exc).__name__})", 0
 
 
 @router.get("/readyz")
 def readyz(ctx: Ctx) -> JSONResponse:
     problems = {"database": _check_db(ctx), "broker": ctx.publisher.ping()}
-    problems["model"] = _check_model(ctx) if problems["database"] is None else "unknown (no db)"
+    workers = 0
+    if problems["database"] is None:
+        problems["model"], workers = _check_model(ctx)
+    else:
+        problems["model"] = "unknown (no database)"
     checks = {k: (v or "ok") for k, v in problems.items()}
     failed = [k for k, v in problems.items() if v]
     if not failed:
-        return JSONResponse({"status": "ready", "checks": checks})
+        return JSONResponse({"status": "ready", "checks": checks, "workers": workers})
     body = {
         "status": "unavailable",
         "checks": checks,
+        "workers": workers,
         "error": {"code": "not_ready", "message": "not ready: " + ", ".join(failed)},
     }
     return JSONResponse(body, status_code=503)

@@ -11,7 +11,14 @@ import pytest
 from fastapi.testclient import TestClient
 
 from service.settings import Settings
-from tests.service_support import API_KEY, Postgres, Redis, Stack, make_tiny_winner
+from tests.service_support import (
+    FakePublisher,
+    Postgres,
+    Redis,
+    Stack,
+    make_settings,
+    make_tiny_winner,
+)
 
 
 @pytest.fixture(scope="session")
@@ -30,32 +37,6 @@ def full_res_jpegs(samples_dir: Path) -> list[Path]:
 @pytest.fixture(scope="session")
 def sample_jpeg(full_res_jpegs: list[Path]) -> bytes:
     return full_res_jpegs[0].read_bytes()
-
-
-class FakePublisher:
-    """Records job ids instead of talking to a broker (in-process API tests)."""
-
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.down = False
-
-    def send(self, prediction_id: str) -> None:
-        from service.queue import BrokerUnavailable
-
-        if self.down:
-            raise BrokerUnavailable("ConnectionRefusedError")
-        self.sent.append(prediction_id)
-
-    def ping(self) -> str | None:
-        return "broker unreachable (test)" if self.down else None
-
-
-def make_settings(tmp: Path, **kw: object) -> Settings:
-    from service.migrate import migrate
-
-    s = Settings(data_dir=tmp, api_key=API_KEY, **kw)  # type: ignore[arg-type]
-    migrate(s)
-    return s
 
 
 @pytest.fixture
@@ -79,11 +60,18 @@ def client(app_settings: Settings, publisher: FakePublisher) -> Iterator[TestCli
 # --------------------------------------------------------------------------- real stacks
 
 
+def _log_dir(artifacts_dir: Path, backend: str) -> Path:
+    """Service logs survive the run (artifacts/ is git-ignored and kept by CI)."""
+    d = artifacts_dir / "service-logs" / backend
+    shutil.rmtree(d, ignore_errors=True)
+    return d
+
+
 @pytest.fixture(scope="session")
-def sqlite_stack(tiny_winner: Path) -> Iterator[Stack]:
+def sqlite_stack(tiny_winner: Path, artifacts_dir: Path) -> Iterator[Stack]:
     """Embedded-mode backends: SQLite database + Celery's SQLite transport, real processes."""
     work = Path(tempfile.mkdtemp(prefix="pneumoscope-sqlite-"))
-    stack = Stack(work, {"MODEL_PATH": str(tiny_winner)})
+    stack = Stack(work, {"MODEL_PATH": str(tiny_winner)}, _log_dir(artifacts_dir, "sqlite"))
     try:
         stack.migrate()
         stack.start_api()
@@ -126,7 +114,7 @@ def postgres_server() -> Iterator[Postgres]:
 
 @pytest.fixture(scope="session")
 def pg_redis_stack(
-    tiny_winner: Path, redis_server: Redis, postgres_server: Postgres
+    tiny_winner: Path, redis_server: Redis, postgres_server: Postgres, artifacts_dir: Path
 ) -> Iterator[Stack]:
     """Production backends: PostgreSQL + Redis, real processes."""
     work = Path(tempfile.mkdtemp(prefix="pneumoscope-pgredis-"))
@@ -136,7 +124,7 @@ def pg_redis_stack(
         "BROKER_URL": redis_server.url,
         "BROKER_VISIBILITY_TIMEOUT": "30",
     }
-    stack = Stack(work, env)
+    stack = Stack(work, env, _log_dir(artifacts_dir, "pg_redis"))
     try:
         stack.migrate()
         stack.start_api()

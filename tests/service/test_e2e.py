@@ -83,3 +83,15 @@ def test_worker_killed_mid_task_job_completes_after_restart(
     done = stack.wait_status(pid, ("done", "failed", "rejected"), timeout=180)
     assert done["status"] == "done", done
     stack.wait_ready()
+
+
+def test_gate_rejection_ends_as_rejected(stack: Stack, samples_dir: Path) -> None:
+    """A chart is no X-ray: the worker's gate rejects it; the codes are the gate's own tests."""
+    data = (samples_dir / "natural" / "chart_confusion_matrix.png").read_bytes()
+    r = stack.upload(data, name="chart.png", ctype="image/png")
+    assert r.status_code == 202, r.text
+    body = stack.wait_status(r.json()["id"], ("done", "failed", "rejected"))
+    assert body["status"] == "rejected" and body["result"] is None, body
+    rej = body["rejection"]
+    assert isinstance(rej["code"], str) and rej["message"] and isinstance(rej["checks"], dict)
+    assert stack.client.get(f"/v1/predictions/{body['id']}/heatmap.png").status_code == 404

@@ -1,0 +1,301 @@
+"""Service benchmark: model-only vs end-to-end latency, throughput, and a 200-upload load run.
+
+    python benchmarks/service_bench.py [--backend sqlite|pg_redis] [--model PATH]
+
+Runs real processes on loopback only (``python -m service api|worker``),
+writes ``benchmarks/results/service_bench.{json,md}``, and stops everything
+it started. Without --model it uses MODEL_PATH, else the newest
+results/*/winner, else a tiny untrained 64x64 CNN (say so when quoting).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:
+    sys.path.insert(0, str(REPO))
+
+from tests.service_support import (  # noqa: E402
+    Postgres,
+    Redis,
+    Stack,
+    make_tiny_winner,
+    stop_process,
+    wait_for,
+)
+
+OUT = REPO / "benchmarks" / "results"
+# Production-like timings (the test defaults re-send jobs after 8 s, which a backlog exceeds).
+BENCH_ENV = {
+    "LEASE_SECONDS": "60",
+    "SWEEP_INTERVAL_SECONDS": "15",
+    "REQUEUE_AFTER_SECONDS": "300",
+    "WORKER_TTL_SECONDS": "90",
+}
+FINAL = ("done", "rejected", "failed")
+
+
+def pct(xs: list[float], q: float) -> float:
+    s = sorted(xs)
+    if not s:
+        return float("nan")
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+def summary(xs: list[float]) -> dict[str, float]:
+    return {
+        "n": len(xs),
+        "p50_ms": round(pct(xs, 0.5) * 1000, 1),
+        "p95_ms": round(pct(xs, 0.95) * 1000, 1),
+        "mean_ms": round(statistics.fmean(xs) * 1000, 1) if xs else float("nan"),
+    }
+
+
+def model_only(model: Path, data: bytes, n: int) -> dict[str, Any]:
+    """In-process: Winner.predict_bytes (decode+preprocess+predict), and with Grad-CAM."""
+    from service.inference import ModelRuntime
+    from study.preprocess import decode
+
+    rt = ModelRuntime(model)
+    rt.warm_up()
+    pred, full = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        rt.predict_only(data)
+        pred.append(time.perf_counter() - t)
+    pixels = decode(data).pixels
+    for _ in range(n):
+        t = time.perf_counter()
+        rt.run(data, pixels)
+        full.append(time.perf_counter() - t)
+    params = int(rt.keras.count_params())
+    return {"predict": summary(pred), "predict_and_heatmap": summary(full), "params": params}
+
+
+def wait_done(st: Stack, pid: str, timeout: float = 600) -> dict[str, Any]:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        b = st.client.get(f"/v1/predictions/{pid}").json()
+        if b["status"] in FINAL:
+            return b
+        time.sleep(0.01)
+    raise TimeoutError(pid)
+
+
+def server_latency(b: dict[str, Any]) -> float:
+    start = datetime.fromisoformat(b["created_at"].replace("Z", "+00:00"))
+    end = datetime.fromisoformat(b["finished_at"].replace("Z", "+00:00"))
+    return (end - start).total_seconds()
+
+
+def sequential(st: Stack, data: bytes, n: int) -> dict[str, Any]:
+    """One upload at a time: client-observed upload->done, and server created->finished."""
+    client, server = [], []
+    for _ in range(n):
+        t = time.perf_counter()
+        r = st.upload(data)
+        b = wait_done(st, r.json()["id"])
+        client.append(time.perf_counter() - t)
+        server.append(server_latency(b))
+    return {"client": summary(client), "server": summary(server)}
+
+
+def burst(st: Stack, data: bytes, n: int, concurrency: int) -> dict[str, Any]:
+    """n uploads from `concurrency` threads; every one must be accounted for."""
+    import httpx
+
+    def one(_: int) -> tuple[int, str | None]:
+        with httpx.Client(base_url=st.base, timeout=60) as c:
+            r = c.post("/v1/predictions", files={"file": ("x.jpeg", data, "image/jpeg")})
+            return r.status_code, (r.json().get("id") if r.status_code == 202 else None)
+
+    t0 = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        answers = list(pool.map(one, range(n)))
+    t_sent = time.perf_counter() - t0
+    codes: dict[str, int] = {}
+    for code, _ in answers:
+        codes[str(code)] = codes.get(str(code), 0) + 1
+    ids = [i for _, i in answers if i]
+    finals: dict[str, int] = {}
+    lat = []
+    for pid in ids:
+        b = wait_done(st, pid)
+        finals[b["status"]] = finals.get(b["status"], 0) + 1
+        lat.append(server_latency(b))
+    wall = time.perf_counter() - t0
+    return {
+        "uploads": n,
+        "concurrency": concurrency,
+        "http_codes": codes,
+        "final_status": finals,
+        "accounted_for": sum(finals.values()) + sum(v for k, v in codes.items() if k != "202"),
+        "lost": n - (sum(finals.values()) + sum(v for k, v in codes.items() if k != "202")),
+        "send_seconds": round(t_sent, 2),
+        "wall_seconds": round(wall, 2),
+        "throughput_per_s": round(len(ids) / wall, 2),
+        "server_latency": summary(lat),
+    }
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    work = Path(tempfile.mkdtemp(prefix="pneumoscope-bench-"))
+    redis = pg = None
+    stack: Stack | None = None
+    extra_workers: list[Any] = []
+    try:
+        model = args.model or (
+            Path(os.environ["MODEL_PATH"]) if os.environ.get("MODEL_PATH") else None
+        )
+        if model is None:
+            from study.model_io import newest_winner
+
+            model = newest_winner(REPO / "results")
+        tiny = model is None
+        if tiny:
+            model = make_tiny_winner(work / "tiny_study")
+        data = args.image.read_bytes()
+        res: dict[str, Any] = {
+            "when": datetime.now().isoformat(timespec="seconds"),
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "load_avg_at_start": os.getloadavg(),
+            },  # fmt: skip
+            "backend": args.backend,
+            "model": {"path": model.name if tiny else str(model), "tiny_untrained": tiny},
+            "image": {"name": args.image.name, "bytes": len(data)},
+        }
+        from study.preprocess import decode
+
+        res["image"]["shape"] = list(decode(data).pixels.shape)
+        res["model_only"] = model_only(model, data, args.n)
+        res["model"]["params"] = res["model_only"].pop("params")
+
+        env = {**BENCH_ENV, "MODEL_PATH": str(model)}
+        if args.backend == "pg_redis":
+            redis, pg = Redis(work), Postgres()
+            redis.start()
+            pg.start()
+            env |= {"DATABASE_URL": pg.url, "BROKER_URL": redis.url}
+        stack = Stack(work, env)
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        for _ in range(3):  # warm the path (first SQL, broker queue creation)
+            wait_done(stack, stack.upload(data).json()["id"])
+        res["end_to_end_1_worker"] = sequential(stack, data, args.n)
+        res["burst_1_worker"] = burst(stack, data, args.burst, 10)
+        extra_workers.append(stack._spawn("worker"))
+        wait_for(lambda: stack.client.get("/readyz").json().get("workers") == 2, 300, "2 workers")
+        res["burst_2_workers"] = burst(stack, data, args.burst, 10)
+        res["load_200_c20_2_workers"] = burst(stack, data, 200, 20)
+        m = res["model_only"]["predict"]["p50_ms"]
+        mh = res["model_only"]["predict_and_heatmap"]["p50_ms"]
+        e = res["end_to_end_1_worker"]["client"]["p50_ms"]
+        res["ratio_e2e_over_model_only_p50"] = round(e / m, 2)
+        res["ratio_e2e_over_model_and_heatmap_p50"] = round(e / mh, 2)
+        res["throughput_speedup_2_over_1_worker"] = round(
+            res["burst_2_workers"]["throughput_per_s"] / res["burst_1_worker"]["throughput_per_s"],
+            2,
+        )
+        res["machine"]["load_avg_at_end"] = os.getloadavg()
+        return res
+    finally:
+        for w in extra_workers:
+            stop_process(w)
+        if stack is not None:
+            stack.stop()
+        if redis is not None:
+            redis.stop()
+        if pg is not None:
+            pg.stop()
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def markdown(r: dict[str, Any]) -> str:
+    mo, e2e = r["model_only"], r["end_to_end_1_worker"]
+    rows = [
+        ("model only: preprocess + predict", mo["predict"]),
+        ("model only: + Grad-CAM heatmap", mo["predict_and_heatmap"]),
+        ("end to end, 1 worker (client: upload -> done seen)", e2e["client"]),
+        ("end to end, 1 worker (server: created -> finished)", e2e["server"]),
+    ]
+    lines = [
+        f"# Service benchmark ({r['when']}, backend {r['backend']})",
+        "",
+        f"Model: {r['model']['path']} ({r['model']['params']:,} params"
+        + (", tiny untrained stand-in" if r["model"]["tiny_untrained"] else "")
+        + f"); image {r['image']['name']} {r['image']['shape']} ({r['image']['bytes']:,} bytes);"
+        f" {r['machine']['cpus']} CPUs, load average at start {r['machine']['load_avg_at_start']}"
+        " (the machine is shared).",
+        "",
+        "| latency | n | p50 ms | p95 ms | mean ms |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    lines += [
+        f"| {k} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['mean_ms']} |" for k, v in rows
+    ]
+    lines += [
+        "",
+        f"Ratio end-to-end / model-only (p50): {r['ratio_e2e_over_model_only_p50']}"
+        f" (/ model+heatmap: {r['ratio_e2e_over_model_and_heatmap_p50']}).",
+        "",
+        "| run | uploads | concurrency | HTTP codes | final status | lost | wall s | jobs/s |"
+        " server p50 / p95 ms |",
+        "| --- | ---: | ---: | --- | --- | ---: | ---: | ---: | --- |",
+    ]
+    for name in ("burst_1_worker", "burst_2_workers", "load_200_c20_2_workers"):
+        b = r[name]
+        lines.append(
+            f"| {name} | {b['uploads']} | {b['concurrency']} | {b['http_codes']} |"
+            f" {b['final_status']} | {b['lost']} | {b['wall_seconds']} | {b['throughput_per_s']} |"
+            f" {b['server_latency']['p50_ms']} / {b['server_latency']['p95_ms']} |"
+        )
+    lines += [
+        "",
+        f"Throughput 2 workers / 1 worker: {r['throughput_speedup_2_over_1_worker']}x",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--backend", choices=["sqlite", "pg_redis"], default="sqlite")
+    p.add_argument("--model", type=Path, default=None)
+    p.add_argument("--image", type=Path, default=None, help="default: a full-resolution sample")
+    p.add_argument("--n", type=int, default=30, help="sequential runs per latency figure")
+    p.add_argument("--burst", type=int, default=40, help="uploads per throughput burst")
+    args = p.parse_args(argv)
+    if args.image is None:
+        samples = Path(
+            os.environ.get("PNEUMOSCOPE_SAMPLES_DIR", REPO.parent / "shared/data/samples")
+        )
+        args.image = sorted((samples / "kermany_full_res" / "val" / "NORMAL").glob("*.jpeg"))[0]
+    res = run(args)
+    OUT.mkdir(parents=True, exist_ok=True)
+    stem = "service_bench" if args.backend == "sqlite" else f"service_bench_{args.backend}"
+    (OUT / f"{stem}.json").write_text(json.dumps(res, indent=1))
+    (OUT / f"{stem}.md").write_text(markdown(res))
+    print(markdown(res))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

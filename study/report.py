@@ -1,0 +1,599 @@
+"""results/<study>/report.html: which model is best, why, and how sure we are.
+
+The report is rebuilt from the artifacts a study saved (config, splits,
+audit, trials, family predictions, summary, winner), never by training, so
+``python run_study.py report --study results/<study>`` regenerates it at
+any time. It is one self-contained HTML file: every figure is an inline PNG
+or JPEG data URI and the only script is a few lines of plain JS for sorting
+tables, so it opens offline and can be sent as a single attachment.
+
+Statistics come from :mod:`study.stats` (patient-level bootstrap CIs, paired
+McNemar and DeLong tests, plain-language verdicts); Grad-CAM from
+:mod:`study.gradcam`; the error section from :mod:`study.error_analysis`.
+A missing artifact (a study that died half-way) blanks its section with a
+note instead of failing the whole report.
+"""
+
+from __future__ import annotations
+
+import csv
+import itertools
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from study import report_figures as rf
+from study import stats
+from study.trial_log import VERDICT_RULE, load_trials, read_history
+
+REPO = Path(__file__).resolve().parents[1]
+TEMPLATES = REPO / "report_templates"
+REPORT_NAME = "report.html"
+#: Data figures written by the data stage, in the order the report shows them.
+DATA_FIGURES = (
+    ("samples", "Healthy lungs (top) beside pneumonia (bottom)"),
+    ("class_balance", "Class balance per split"),
+    ("intensity", "Intensity, contrast and sharpness per class"),
+    ("sizes", "Original image sizes per class"),
+    ("preprocessing", "The preprocessing steps, one X-ray after each step"),
+)
+CI_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
+TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
+N_BOOT = 2000
+ALPHA = 0.05
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def _json(path: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def _read_preds(path: Path) -> dict[str, Any] | None:
+    """A family's predictions CSV as aligned arrays (file order as written)."""
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        rows = list(csv.DictReader(f))
+    return {
+        "file": [r["file"] for r in rows],
+        "patient": [r.get("patient") or r["file"] for r in rows],
+        "subtype": [r.get("subtype", "") for r in rows],
+        "y": np.array([int(r["label"]) for r in rows], np.int64),
+        "p": np.array([float(r["probability_pneumonia"]) for r in rows], np.float64),
+    }
+
+
+def _fmt_seconds(s: float | None) -> str:
+    if s is None or not math.isfinite(s):
+        return "-"
+    if s < 90:
+        return f"{s:.0f} s"
+    if s < 5400:
+        return f"{s / 60:.1f} min"
+    return f"{s / 3600:.1f} h"
+
+
+def _fmt_hp(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.3g}"
+    return str(v)
+
+
+# --------------------------------------------------------------------------- sections
+
+
+def data_section(study_dir: Path) -> dict[str, Any]:
+    """Split sizes, the audit's findings and how they were resolved, the data figures."""
+    splits = _json(study_dir / "splits.json")
+    audit = _json(study_dir / "audit.json")
+    out: dict[str, Any] = {"splits": None, "audit": None, "figures": []}
+    if splits:
+        rows = []
+        for s, size in splits.get("sizes", {}).items():
+            rows.append(
+                {
+                    "split": s,
+                    "normal": size.get("NORMAL", 0),
+                    "pneumonia": size.get("PNEUMONIA", 0),
+                    "total": size.get("total", 0),
+                    "patients": len(splits.get("patients", {}).get(s, [])),
+                }
+            )
+        out["splits"] = {
+            "rows": rows,
+            "test_source": splits.get("test_source", "unknown"),
+            "notes": splits.get("notes", []),
+        }
+    if audit:
+        exact = audit.get("exact_duplicates", [])
+        near = audit.get("near_duplicates", [])
+        source = audit.get("cross_split", {}).get("source", {})
+        after = audit.get("after_split", {}).get("plan", {})
+        out["audit"] = {
+            "n_files": audit.get("n_files"),
+            "counts": audit.get("counts", {}),
+            "exact_clusters": len(exact),
+            "exact_files": sum(len(c) for c in exact),
+            "near_clusters": len(near),
+            "near_files": sum(len(c.get("files", [])) for c in near),
+            "near_rule": audit.get("near_duplicate_rule", ""),
+            "spanning_patients": audit.get("clusters_spanning_patients", 0),
+            "corrupt": audit.get("corrupt", []),
+            "source_patients": len(source.get("patients", [])),
+            "source_dups": len(source.get("duplicates", [])),
+            "after_patients": len(after.get("patients", [])) if after else None,
+            "after_dups": len(after.get("duplicates", [])) if after else None,
+            "examples": [
+                {"kind": "exact", "files": [Path(p).name for p in c[:4]]} for c in exact[:5]
+            ]
+            + [
+                {
+                    "kind": f"near (distance <= {c.get('max_distance')})",
+                    "files": [Path(p).name for p in c.get("files", [])[:4]],
+                }
+                for c in near[:5]
+            ],  # fmt: skip
+            "notes": audit.get("notes", []),
+        }
+    for name, caption in DATA_FIGURES:
+        p = study_dir / "figures" / f"{name}.png"
+        uri = rf.data_uri(p.read_bytes()) if p.is_file() else None
+        out["figures"].append({"name": name, "caption": caption, "uri": uri})
+    return out
+
+
+def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
+    """Every trial with its curves; skipped families with their reason."""
+    trials = load_trials(study_dir)
+    rows = []
+    for t in trials:
+        tid = f"{t['family']}-{t['trial_id']}"
+        hist = read_history(Path(t["dir"]) / "history.csv")
+        curve = None
+        if hist:
+            png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
+            curve = rf.data_uri(png)
+        val = t.get("val", {})
+        exact = _exact_val_auc(Path(t["dir"]) / "val_predictions.csv")
+        run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
+        if t.get("stopped_early"):
+            stop = f"stopped at epoch {run} of {planned}; kept epoch {t.get('best_epoch')}"
+        else:
+            stop = f"ran all {planned}; kept epoch {t.get('best_epoch')}"
+        rows.append(
+            {
+                "id": tid,
+                "anchor": "curve-"
+                + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in tid),
+                "family": t["family"],
+                "hp": [(k, _fmt_hp(v)) for k, v in sorted(t.get("hyperparameters", {}).items())],
+                "epochs_run": run,
+                "epochs_planned": planned,
+                "best_epoch": t.get("best_epoch"),
+                "stopped_early": bool(t.get("stopped_early")),
+                "stop_text": stop,
+                "auc": val.get("auc"),
+                "auc_exact": exact,
+                "precision": val.get("precision"),
+                "recall": val.get("recall"),
+                "specificity": val.get("specificity"),
+                "loss": val.get("loss"),
+                "seconds": t.get("seconds"),
+                "time": _fmt_seconds(t.get("seconds")),
+                "params": t.get("params"),
+                "verdict": t.get("verdict", "-"),
+                "verdict_reason": t.get("verdict_reason", ""),
+                "curve": curve,
+            }
+        )
+    rows.sort(key=lambda r: -(r["auc"] if r["auc"] is not None else -1))
+    for i, r in enumerate(rows, start=1):
+        r["rank"] = i
+    gaps = [abs(r["auc"] - r["auc_exact"]) for r in rows if None not in (r["auc"], r["auc_exact"])]
+    skipped = (summary or {}).get("skipped") or {}
+    if not skipped:
+        cfg = _json(study_dir / "config.json") or {}
+        wanted = (cfg.get("config") or {}).get("families", [])
+        ran = {r["family"] for r in rows}
+        skipped = {f: "no finished trial (study interrupted?)" for f in wanted if f not in ran}
+    return {
+        "rows": rows,
+        "skipped": skipped,
+        "verdict_rule": VERDICT_RULE,
+        "max_auc_gap": max(gaps) if gaps else None,
+    }
+
+
+def _exact_val_auc(path: Path) -> float | None:
+    """ROC-AUC from the trial's saved validation predictions (ties handled exactly).
+
+    The objective logged by Keras is a streaming AUC over 200 fixed thresholds; when a
+    model's probabilities bunch together (typical for short trainings) it can be far off.
+    """
+    d = _read_preds(path)
+    if d is None or not 0 < d["y"].sum() < len(d["y"]):
+        return None
+    return stats.binary_metrics(d["y"], d["p"], 0.5)["auc"]
+
+
+def _family_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    fams: dict[str, list[float]] = {}
+    for r in rows:
+        if r["auc"] is not None:
+            fams.setdefault(r["family"], []).append(float(r["auc"]))
+    out = []
+    for f, v in fams.items():
+        q = np.percentile(v, [25, 75])
+        out.append(
+            {
+                "family": f,
+                "n": len(v),
+                "best": max(v),
+                "median": statistics.median(v),
+                "worst": min(v),
+                "iqr": float(q[1] - q[0]),
+                "values": v,
+            }
+        )
+    out.sort(key=lambda r: -r["best"])
+    return out
+
+
+def _ci(y: np.ndarray, p: np.ndarray, g: list[str], metric: str, thr: float) -> dict[str, Any]:
+    try:
+        ci = stats.bootstrap_ci(y, p, g, metric, threshold=thr, n_boot=N_BOOT, seed=0)  # type: ignore[arg-type]
+    except ValueError as e:
+        return {"metric": metric, "point": None, "lo": None, "hi": None, "note": str(e)}
+    return ci.to_dict()
+
+
+def _holm(pvals: list[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: several pairwise tests, one family-wise error rate."""
+    m = len(pvals)
+    order = sorted(range(m), key=lambda i: pvals[i])
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvals[i]))
+        adj[i] = running
+    return adj
+
+
+def compare_section(
+    study_dir: Path, summary: dict[str, Any] | None, spread: list[dict[str, Any]]
+) -> dict[str, Any]:
+    """Families side by side on test: metrics, curves, confusion, calibration, CIs and tests."""
+    fams_info = (summary or {}).get("families", {})
+    order = [r["family"] for r in spread if r["family"] in fams_info]
+    order += [f for f in fams_info if f not in order]
+    colours = rf.family_colours(order)
+    preds: dict[str, dict[str, Any]] = {}
+    problems: list[str] = []
+    for f in order:
+        d = _read_preds(study_dir / "families" / f / "test_predictions.csv")
+        if d is None or len(d["y"]) == 0:
+            problems.append(f"{f}: no test predictions (families/{f}/test_predictions.csv)")
+            continue
+        preds[f] = d
+    side = []
+    for f in order:
+        info = fams_info[f]
+        side.append(
+            {
+                "family": f,
+                "trial": info.get("trial"),
+                "threshold": info.get("threshold"),
+                "weights": info.get("weights"),
+                "val": info.get("val", {}),
+                "test": info.get("test", {}),
+            }
+        )
+    out: dict[str, Any] = {
+        "spread": spread,
+        "spread_fig": None,
+        "side": side,
+        "families": order,
+        "colours": colours,
+        "problems": problems,
+    }
+    if spread:
+        out["spread_fig"] = rf.data_uri(
+            rf.objective_spread(
+                {r["family"]: r["values"] for r in spread},
+                rf.family_colours([r["family"] for r in spread]),
+            )
+        )
+    if not preds:
+        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
+        return out
+    thr = {f: float(fams_info[f]["threshold"]) for f in preds}
+    curves = {f: (d["y"], d["p"]) for f, d in preds.items()}
+    has_both = all(0 < d["y"].sum() < len(d["y"]) for d in preds.values())
+    out["curves"] = rf.data_uri(rf.roc_pr_overlay(curves, thr, colours)) if has_both else None
+    out["confusions"] = [
+        {
+            "family": f,
+            "uri": rf.data_uri(
+                rf.confusion_matrix_fig(
+                    stats.binary_metrics(d["y"], d["p"], thr[f])["confusion"],
+                    f"{f} at threshold {thr[f]:.3f}",
+                )
+            ),
+        }
+        for f, d in preds.items()
+    ]
+    cal = {f: stats.calibration(d["y"], d["p"]) for f, d in preds.items()}
+    out["calibration"] = rf.data_uri(rf.calibration_fig(cal, colours))
+    out["calibration_table"] = [
+        {"family": f, "brier": c["brier"], "ece": c.get("ece")} for f, c in cal.items()
+    ]
+
+    # Bootstrap CIs, patient-level.
+    cis = []
+    for f, d in preds.items():
+        for m in CI_METRICS:
+            cis.append({"family": f} | _ci(d["y"], d["p"], d["patient"], m, thr[f]))
+    out["cis"] = cis
+    out["ci_fig"] = rf.data_uri(rf.ci_forest(cis, colours)) if cis else None
+    out["n_patients"] = {f: len(set(d["patient"])) for f, d in preds.items()}
+    out["n_images"] = {f: len(d["y"]) for f, d in preds.items()}
+
+    # Paired tests on the images every family saw.
+    tests: list[dict[str, Any]] = []
+    for a, b in itertools.combinations(list(preds), 2):
+        da, db = preds[a], preds[b]
+        common = sorted(set(da["file"]) & set(db["file"]))
+        ia = {p: i for i, p in enumerate(da["file"])}
+        ib = {p: i for i, p in enumerate(db["file"])}
+        sel_a = np.array([ia[p] for p in common], int)
+        sel_b = np.array([ib[p] for p in common], int)
+        y = da["y"][sel_a]
+        if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
+            problems.append(
+                f"{a} vs {b}: the test predictions do not cover the same labelled images"
+            )
+            continue
+        pa, pb = da["p"][sel_a], db["p"][sel_b]
+        mc = stats.mcnemar(y, (pa >= thr[a]).astype(int), (pb >= thr[b]).astype(int))
+        tests.append({"a": a, "b": b, "result": mc, "what": "accuracy at each model's threshold"})
+        try:
+            dl = stats.delong(y, pa, pb)
+        except ValueError as e:
+            problems.append(f"DeLong {a} vs {b}: {e}")
+        else:
+            tests.append({"a": a, "b": b, "result": dl, "what": "ROC-AUC"})
+    adj = _holm([t["result"]["p_value"] for t in tests]) if tests else []
+    for t, p_adj in zip(tests, adj, strict=True):
+        t["p_holm"] = p_adj
+        t["verdict"] = stats.verdict(t["a"], t["b"], t["result"], alpha=ALPHA)
+        t["significant"] = t["result"]["p_value"] < ALPHA
+        t["significant_holm"] = p_adj < ALPHA
+    out["tests"] = tests
+    out["verdicts"] = _overall_verdict(tests, list(preds))
+    return out
+
+
+def _overall_verdict(tests: list[dict[str, Any]], fams: list[str]) -> list[str]:
+    if len(fams) < 2:
+        return [
+            f"Only one family ({fams[0] if fams else 'none'}) produced a model, so there is "
+            "nothing to compare: the intervals above describe that model alone."
+        ]
+    sig = [t for t in tests if t["significant"]]
+    sig_holm = [t for t in tests if t["significant_holm"]]
+    lines = [
+        f"{len(tests)} paired tests between {len(fams)} families' best models on the same "
+        f"test images; {len(sig)} significant at {ALPHA:g} unadjusted, {len(sig_holm)} after "
+        "Holm's correction for multiple tests."
+    ]
+    if not sig:
+        lines.append(
+            "No difference between the families is statistically significant: on this test "
+            "split the data cannot tell them apart, whatever the ranking of point estimates."
+        )
+    return lines
+
+
+def winner_section(
+    study_dir: Path, winner: dict[str, Any] | None, test_source: str
+) -> dict[str, Any] | None:
+    """Threshold rule, threshold tables on val and test, metrics, and the selection caveat."""
+    if not winner:
+        return None
+    fam = winner.get("family")
+    val = _read_preds(study_dir / "families" / fam / "val_predictions.csv")
+    test = _read_preds(study_dir / "families" / fam / "test_predictions.csv")
+    thr = float(winner["threshold"])
+    ts = sorted({*TABLE_THRESHOLDS, round(thr, 6)})
+    table = []
+    val_rows = stats.threshold_table(val["y"], val["p"], ts) if val and len(val["y"]) else []
+    test_rows = stats.threshold_table(test["y"], test["p"], ts) if test and len(test["y"]) else []
+    for i, t in enumerate(ts):
+        table.append(
+            {
+                "threshold": t,
+                "chosen": abs(t - thr) < 1e-9 or t == round(thr, 6),
+                "val": val_rows[i] if val_rows else None,
+                "test": test_rows[i] if test_rows else None,
+            }
+        )
+    curve = None
+    if val and 0 < val["y"].sum() < len(val["y"]):
+        curve = rf.data_uri(rf.threshold_curve(val["y"], val["p"], thr, "validation"))
+    metric_rows = []
+    for key, label in (
+        ("accuracy", "accuracy"),
+        ("sensitivity", "sensitivity (recall)"),
+        ("specificity", "specificity"),
+        ("precision", "precision (PPV)"),
+        ("f1", "F1"),
+        ("auc", "ROC-AUC"),
+        ("pr_auc", "PR-AUC (average precision)"),
+    ):
+        metric_rows.append(
+            {
+                "label": label,
+                "val": (winner.get("validation") or {}).get(key),
+                "test": (winner.get("test") or {}).get(key),
+            }
+        )
+    return {
+        "family": fam,
+        "trial": winner.get("trial"),
+        "version": winner.get("version"),
+        "threshold": thr,
+        "rule": winner.get("threshold_rule", ""),
+        "selection": winner.get("selection", ""),
+        "hyperparameters": [
+            (k, _fmt_hp(v)) for k, v in sorted(winner.get("hyperparameters", {}).items())
+        ],
+        "weights": winner.get("weights"),
+        "preprocess": winner.get("preprocess", {}),
+        "table": table,
+        "curve": curve,
+        "metrics": metric_rows,
+        "val_conf": (winner.get("validation") or {}).get("confusion"),
+        "test_conf": (winner.get("test") or {}).get("confusion"),
+        "carved": test_source == "carved from train",
+        "test_source": test_source,
+        "packages": winner.get("packages", {}),
+        "fingerprint": winner.get("data_fingerprint"),
+    }
+
+
+def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Path | None) -> Any:
+    """The winner's test errors: counts, gallery with Grad-CAM, what errors share."""
+    from study import error_analysis as ea
+    from study.preprocess import PreprocessConfig
+
+    if not winner:
+        return None
+    path = study_dir / "families" / winner["family"] / "test_predictions.csv"
+    if not path.is_file():
+        return None
+    bases = [Path.cwd(), REPO]
+    cases = ea.read_predictions(path, float(winner["threshold"]), bases)
+    if not cases:
+        return None
+    model, problems = None, []
+    try:
+        import keras
+
+        import study.layers  # noqa: F401  (registers custom layers for deserialisation)
+
+        model = keras.saving.load_model(study_dir / "winner.keras", compile=False)
+    except Exception as e:  # noqa: BLE001 - the gallery still renders without heatmaps
+        problems.append(f"winner.keras could not be loaded: {type(e).__name__}: {e}")
+    cfg = PreprocessConfig.from_dict(winner["preprocess"]) if winner.get("preprocess") else None
+    result = ea.analyse(cases, float(winner["threshold"]), model, cfg, cache_dir)
+    result.problems = problems + result.problems
+    return result
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def _environment() -> Any:
+    import jinja2
+    import markupsafe
+
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(TEMPLATES)),
+        autoescape=jinja2.select_autoescape(["html", "j2"], default_for_string=True),
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+    def num(v: Any, digits: int = 3) -> str:
+        if v is None or (isinstance(v, float) and not math.isfinite(v)):
+            return "-"
+        if isinstance(v, int) and not isinstance(v, bool):
+            return f"{v:,}"
+        return f"{float(v):.{digits}f}"
+
+    def pct(v: Any, digits: int = 1) -> str:
+        return "-" if v is None else f"{100 * float(v):.{digits}f}%"
+
+    def pval(v: Any) -> str:
+        if v is None:
+            return "-"
+        return "< 0.001" if v < 0.001 else f"{v:.3f}"
+
+    def sortval(v: Any) -> str:
+        return "" if v is None else str(v)
+
+    def img(pic: rf.Picture | None, alt: str, missing: str = "image not available") -> Any:
+        if pic is None:
+            return markupsafe.Markup('<div class="noimg">{}</div>').format(missing)
+        return markupsafe.Markup('<img src="{}" width="{}" height="{}" alt="{}">').format(
+            pic.uri, pic.width, pic.height, alt
+        )
+
+    env.filters.update(num=num, pct=pct, pval=pval, sortval=sortval)
+    env.globals["img"] = img
+    return env
+
+
+def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any]:
+    """Everything the template needs, from the saved artifacts only."""
+    study_dir = Path(study_dir)
+    summary = _json(study_dir / "summary.json")
+    winner = _json(study_dir / "winner.json") or (summary or {}).get("winner")
+    cfg_blob = _json(study_dir / "config.json") or {}
+    cfg = cfg_blob.get("config", {})
+    data = data_section(study_dir)
+    test_source = (data["splits"] or {}).get("test_source") or (winner or {}).get(
+        "test_source", "unknown"
+    )
+    board = leaderboard_section(study_dir, summary)
+    spread = _family_spread(board["rows"])
+    compare = compare_section(study_dir, summary, spread)
+    cache_dir = Path(cfg["cache_dir"]) / "audit" if cfg.get("cache_dir") else None
+    errors = errors_section(study_dir, winner, cache_dir) if include_errors else None
+    return {
+        "study": cfg.get("name") or study_dir.name,
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "config": cfg,
+        "summary": summary,
+        "winner_info": winner,
+        "data": data,
+        "board": board,
+        "compare": compare,
+        "winner": winner_section(study_dir, winner, test_source),
+        "errors": errors,
+        "test_source": test_source,
+        "carved": test_source == "carved from train",
+        "n_trials": len(board["rows"]),
+        "study_seconds": _fmt_seconds((summary or {}).get("seconds")),
+    }
+
+
+def render(context: dict[str, Any]) -> str:
+    return _environment().get_template("report.html.j2").render(**context)
+
+
+def write_report(study_dir: Path, *, include_errors: bool = True) -> Path:
+    """Render results/<study>/report.html from the study's saved artifacts; returns its path."""
+    study_dir = Path(study_dir)
+    if not study_dir.is_dir():
+        raise FileNotFoundError(f"no study folder {study_dir}")
+    text = render(build_context(study_dir, include_errors=include_errors))
+    out = study_dir / REPORT_NAME
+    tmp = out.with_suffix(".html.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(out)  # never leave a half-written report behind
+    return out
+
+
+__all__ = ["write_report", "build_context", "render"]

@@ -1,0 +1,142 @@
+"""Worker logic in-process: claiming (idempotency, leases), gate rejections, failures, sweeping."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from sqlalchemy import update
+
+from service import jobs, tasks
+from service.api import create_app
+from service.db import Database
+from service.inference import Outcome
+from service.intake import create_job
+from service.models import Prediction, utcnow
+from service.storage import LocalStorage
+from service.sweeper import Sweeper
+from tests.service_support import FakePublisher, make_settings
+
+PNG = b"\x89PNG\r\n\x1a\n-fake-heatmap"
+
+
+class FakeRuntime:
+    name, version = "fake", "v1"
+
+    def __init__(self, fail: bool = False) -> None:
+        self.fail = fail
+        self.calls = 0
+
+    def run(self, data: bytes, pixels) -> Outcome:
+        self.calls += 1
+        if self.fail:
+            raise RuntimeError("model exploded with /secret/path")
+        return Outcome(0.8, "PNEUMONIA", 0.5, PNG, 1.0, 2.0)
+
+
+class Accept:
+    accepted, code, message, checks, decoded, meta = True, None, "ok", {}, None, {}
+
+
+class Reject:
+    accepted, code, message, decoded = False, "not_xray", "this looks like a photo", None
+    checks = {"colour_fraction": {"value": 0.9, "threshold": 0.1, "passed": False}}
+    meta = {"Modality": "OT", "PatientName": "must never be stored", "width": 10}
+
+
+@pytest.fixture
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    s = make_settings(tmp_path, lease_seconds=30.0, requeue_after_seconds=60.0)
+    db, storage, pub = Database(s.db_url), LocalStorage(s.storage_root), FakePublisher()
+    state = tasks.WorkerState(s, db, storage, FakeRuntime(), pub)  # type: ignore[arg-type]
+    monkeypatch.setattr(tasks, "run_gate", lambda data, settings: Accept())
+    client = TestClient(create_app(s, pub))
+    yield state, client
+    client.close()
+    db.dispose()
+
+
+def job(state: tasks.WorkerState, data: bytes = b"\xff\xd8\xff-bytes") -> str:
+    return create_job(state.db, state.storage, data, "x.jpeg", "jpeg")[1]
+
+
+def test_done_then_redelivery_is_a_noop(world) -> None:
+    state, client = world
+    pid = job(state)
+    assert tasks.process(state, pid) == "done"
+    assert tasks.process(state, pid) == "skipped"  # a redelivered message changes nothing
+    assert state.runtime.calls == 1
+    body = client.get(f"/v1/predictions/{pid}").json()
+    assert body["status"] == "done" and body["result"]["model"] == {"name": "fake", "version": "v1"}
+    assert client.get(body["result"]["heatmap_url"]).content == PNG
+
+
+def test_gate_rejection_ends_as_rejected_with_body(world, monkeypatch) -> None:
+    state, client = world
+    monkeypatch.setattr(tasks, "run_gate", lambda data, settings: Reject())
+    pid = job(state)
+    assert tasks.process(state, pid) == "rejected"
+    body = client.get(f"/v1/predictions/{pid}").json()
+    assert body["status"] == "rejected" and body["result"] is None
+    assert body["rejection"] == {
+        "code": "not_xray",
+        "message": "this looks like a photo",
+        "checks": Reject.checks,
+    }
+    assert state.runtime.calls == 0
+    up = client.get("/v1/uploads", headers={"X-API-Key": state.settings.api_key.get_secret_value()})
+    item = up.json()["items"][0]
+    assert item["modality"] == "OT" and "must never" not in up.text  # only whitelisted fields
+
+
+def test_processing_error_is_failed_without_internals(world) -> None:
+    state, client = world
+    state.runtime.fail = True
+    pid = job(state)
+    assert tasks.process(state, pid) == "failed"
+    body = client.get(f"/v1/predictions/{pid}").json()
+    assert body["status"] == "failed" and "secret" not in str(body)
+
+
+def test_live_lease_blocks_expired_lease_allows_takeover(world) -> None:
+    state, _ = world
+    pid = job(state)
+    first = jobs.claim(state.db, pid, 30)
+    assert first is not None and first.attempts == 1
+    assert jobs.claim(state.db, pid, 30) is None  # a live worker holds it
+    with state.db.session() as s:
+        s.execute(update(Prediction).values(lease_until=utcnow() - timedelta(seconds=1)))
+    second = jobs.claim(state.db, pid, 30)
+    assert second is not None and second.attempts == 2
+    assert jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)
+    assert not jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)  # only once
+
+
+def test_job_that_keeps_killing_workers_fails(world) -> None:
+    state, client = world
+    pid = job(state)
+    for _ in range(state.settings.max_attempts):
+        assert jobs.claim(state.db, pid, 30) is not None
+        with state.db.session() as s:
+            s.execute(update(Prediction).values(lease_until=utcnow() - timedelta(seconds=1)))
+    assert jobs.fail_exhausted(state.db, state.settings.max_attempts) == 1
+    assert client.get(f"/v1/predictions/{pid}").json()["status"] == "failed"
+
+
+def test_sweeper_resends_lost_jobs_and_beats(world) -> None:
+    state, client = world
+    queued_long_ago, expired, fresh = job(state, b"a"), job(state, b"b"), job(state, b"c")
+    old = utcnow() - timedelta(seconds=120)
+    with state.db.session() as s:
+        s.execute(
+            update(Prediction).where(Prediction.id == queued_long_ago).values(enqueued_at=old)
+        )
+        s.execute(update(Prediction).where(Prediction.id == fresh).values(enqueued_at=utcnow()))
+    assert jobs.claim(state.db, expired, 30)
+    with state.db.session() as s:
+        s.execute(update(Prediction).where(Prediction.id == expired).values(lease_until=old))
+    Sweeper(state).beat_and_sweep()
+    assert sorted(state.publisher.sent) == sorted([queued_long_ago, expired])
+    assert client.get("/readyz").json()["checks"]["model"] == "ok"  # the heartbeat counts

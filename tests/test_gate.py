@@ -1,0 +1,299 @@
+"""The input gate: every rejection code on a real sample, chest X-rays accepted.
+
+The gate is fitted once per session on a subset (400 train / 200 val images),
+so thresholds come from the training data exactly as in production, only
+from fewer images. Samples are used for evaluation only.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import struct
+import subprocess
+import sys
+import zlib
+from pathlib import Path
+from types import SimpleNamespace
+
+import cv2
+import numpy as np
+import pytest
+
+from service.gate import (
+    GateResult,
+    GateSettings,
+    format_check,
+    gate_decoded,
+    run_gate,
+    supported_transfer_syntaxes,
+)
+from service.gate_model import GateModel, fit_gate, load_gate
+from study.preprocess import Decoded, decode
+
+REPO = Path(__file__).resolve().parents[1]
+REJECTION_CODES = {"not_an_image", "unsupported_format", "too_large", "not_xray"}
+REJECTION_CODES |= {"not_chest_xray", "low_quality"}
+
+
+@pytest.fixture(scope="session")
+def gate_path(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("gate") / "gate.npz"
+    fit_gate(data_dir, out, seed=0, max_train=400, max_val=200)
+    return out
+
+
+@pytest.fixture(scope="session")
+def gate(gate_path: Path) -> GateModel:
+    return load_gate(gate_path)
+
+
+def _run(path: Path, gate: GateModel, settings: GateSettings | None = None) -> GateResult:
+    return run_gate(path.read_bytes(), settings, gate)
+
+
+def _assert_explained(r: GateResult) -> None:
+    """A rejection names a failing check, with its value and threshold, in JSON-safe form."""
+    assert r.code in REJECTION_CODES, r.code
+    assert not r.accepted and r.message and r.message != "ok"
+    failed = [k for k, c in r.checks.items() if not c["passed"]]
+    assert failed, r.checks
+    for c in r.checks.values():
+        assert {"value", "threshold", "passed", "kind", "layer"} <= set(c)
+    json.dumps(r.to_json())
+
+
+def _png(img: np.ndarray) -> bytes:
+    ok, buf = cv2.imencode(".png", img)
+    assert ok
+    return buf.tobytes()
+
+
+# ------------------------------------------------------------------ model
+
+
+def test_fitted_model_is_small_and_round_trips(gate_path: Path, gate: GateModel) -> None:
+    assert gate_path.with_suffix(".json").is_file()
+    assert gate_path.stat().st_size < 1_000_000
+    info = json.loads(gate_path.with_suffix(".json").read_text())["info"]
+    assert info["n_train"] == 400 and 0.9 <= info["val_acceptance_all_checks"] <= 1.0
+    for t in gate.thresholds.values():
+        assert np.isfinite(t.value) and t.how
+
+
+# ------------------------------------------------------------------ layer 1: format
+
+
+def test_random_bytes_not_an_image(gate: GateModel) -> None:
+    data = np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes()
+    r = run_gate(data, None, gate)
+    _assert_explained(r)
+    assert r.code == "not_an_image"
+    assert format_check(b"").code == "not_an_image"
+
+
+def test_other_container_unsupported_format() -> None:
+    r = format_check(b"GIF89a" + b"\x00" * 100)
+    _assert_explained(r)
+    assert r.code == "unsupported_format" and "GIF" in r.message
+
+
+def test_truncated_jpeg_not_an_image(samples_dir: Path) -> None:
+    data = (samples_dir / "natural" / "extreme_ironing.jpg").read_bytes()[:400]
+    r = format_check(data)
+    assert r.code == "not_an_image"
+
+
+def test_png_bomb_header_too_large() -> None:
+    """A PNG that declares 100000x100000 pixels is refused from its header alone."""
+    ihdr = struct.pack(">IIBBBBB", 100_000, 100_000, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    data = b"\x89PNG\r\n\x1a\n" + struct.pack(">I", 13) + chunk
+    data += struct.pack(">I", zlib.crc32(chunk)) + b"\x00" * 64
+    r = format_check(data)
+    _assert_explained(r)
+    assert r.code == "too_large" and r.checks["pixels"]["value"] == 10**10
+
+
+def test_byte_limit_too_large(samples_dir: Path) -> None:
+    data = (samples_dir / "natural" / "camera.png").read_bytes()
+    r = format_check(data, GateSettings(max_bytes=1000))
+    assert r.code == "too_large" and r.checks["bytes"]["threshold"] == 1000
+    # The service's own Settings object works too (duck-typed).
+    r = format_check(data, SimpleNamespace(max_upload_bytes=1000, max_pixels=10**7))
+    assert r.code == "too_large"
+
+
+def test_dicom_pixel_limit_too_large(samples_dir: Path) -> None:
+    data = (samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm").read_bytes()
+    assert format_check(data, GateSettings(max_pixels=1000)).code == "too_large"
+
+
+def test_undecodable_transfer_syntax_unsupported_format(samples_dir: Path) -> None:
+    """A DICOM whose compression no installed codec reads is unsupported, not a crash."""
+    import pydicom
+    from pydicom import uid
+
+    candidates = (uid.JPEGLSLossless, uid.JPEGLosslessSV1, uid.HTJ2KLossless)
+    missing = [t for t in candidates if t not in supported_transfer_syntaxes()]
+    syntax = missing[0] if missing else uid.UID("1.2.826.0.1.3680043.2.1143.999")  # unknown
+    ds = pydicom.dcmread(samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm")
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = pydicom.encaps.encapsulate([b"\xff\xd8\xff\xf7" + b"\x00" * 100])
+    buf = io.BytesIO()
+    ds.save_as(buf, enforce_file_format=True)
+    r = format_check(buf.getvalue())
+    _assert_explained(r)
+    assert r.code == "unsupported_format" and "JPEG 2000" in r.message
+
+
+def test_supported_transfer_syntaxes_listed() -> None:
+    names = set(supported_transfer_syntaxes().values())
+    assert {"Implicit VR Little Endian", "Explicit VR Little Endian"} <= names
+    assert "JPEG 2000 Image Compression (Lossless Only)" in names  # Pillow's OpenJPEG
+
+
+# ------------------------------------------------------------------ DICOM
+
+
+@pytest.mark.parametrize("name", ["chest_CR_MONO1-10-chest.dcm", "chest_DX_nih_nofinding.dcm"])
+def test_chest_dicom_accepted(samples_dir: Path, gate: GateModel, name: str) -> None:
+    r = _run(samples_dir / "dicom" / name, gate)
+    assert r.accepted, (r.code, r.message)
+    assert r.meta["format"] == "dicom" and "PatientName" not in r.meta
+    assert set(r.meta) <= {"format", "width", "height", "Modality", "BodyPartExamined"} | {
+        "ViewPosition",
+        "PhotometricInterpretation",
+        "transfer_syntax",
+        "bit_depth",
+    }
+
+
+def test_monochrome1_is_inverted(samples_dir: Path, gate: GateModel) -> None:
+    """MONOCHROME1 is shown as MONOCHROME2: the un-inverted image scores as less chest-like."""
+    d = decode((samples_dir / "dicom" / "chest_CR_MONO1-10-chest.dcm").read_bytes())
+    assert d.meta["PhotometricInterpretation"] == "MONOCHROME1"
+    good = gate_decoded(d, None, gate).checks["chest_score"]["value"]
+    flipped = Decoded(d.pixels.max() - d.pixels, d.format, dict(d.meta))
+    bad = gate_decoded(flipped, None, gate).checks["chest_score"]["value"]
+    assert good < bad
+
+
+@pytest.mark.parametrize("name", ["neg_US_jpeg2k.dcm", "neg_CT_abdomen_axial.dcm"])
+def test_non_chest_dicom_rejected(samples_dir: Path, gate: GateModel, name: str) -> None:
+    r = _run(samples_dir / "dicom" / name, gate)
+    _assert_explained(r)
+    assert r.code in ("unsupported_format", "not_chest_xray")
+    if r.code == "not_chest_xray":
+        assert not r.checks["dicom_modality"]["passed"]
+
+
+def test_dicom_body_part_other_than_chest(samples_dir: Path, gate: GateModel) -> None:
+    import pydicom
+
+    ds = pydicom.dcmread(samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm")
+    ds.BodyPartExamined = "HAND"
+    buf = io.BytesIO()
+    ds.save_as(buf)
+    r = run_gate(buf.getvalue(), None, gate)
+    _assert_explained(r)
+    assert r.code == "not_chest_xray" and "hand" in r.message
+    assert not r.checks["dicom_body_part"]["passed"] and r.checks["dicom_modality"]["passed"]
+
+
+# ------------------------------------------------------------------ layers 2-3: content
+
+
+def test_natural_images_rejected(samples_dir: Path, gate: GateModel) -> None:
+    results = {p.name: _run(p, gate) for p in sorted((samples_dir / "natural").iterdir())}
+    for r in results.values():
+        _assert_explained(r)
+    for name in (
+        "astronaut.png",
+        "coffee.png",
+        "extreme_ironing.jpg",
+        "chart_confusion_matrix.png",
+    ):
+        assert results[name].code == "not_xray", (name, results[name].message)
+    assert "colour" in results["coffee.png"].message
+
+
+def test_other_body_parts_not_chest(samples_dir: Path, gate: GateModel) -> None:
+    folder = samples_dir / "non_chest_xray"
+    results = {p.name: _run(p, gate) for p in sorted(folder.iterdir())}
+    for name in ("mura_ELBOW.png", "mura_HAND.png", "knee_lateral_yolo_overlay_04.jpg"):
+        _assert_explained(results[name])
+        assert results[name].code == "not_chest_xray", (name, results[name].message)
+    rejected = sum(not r.accepted for r in results.values())
+    assert rejected >= len(results) - 1, {k: r.code for k, r in results.items()}
+
+
+def test_other_medical_rejected(samples_dir: Path, gate: GateModel) -> None:
+    for p in sorted((samples_dir / "other_medical").iterdir()):
+        r = _run(p, gate)
+        _assert_explained(r)
+        assert r.code in ("not_xray", "not_chest_xray"), (p.name, r.code)
+
+
+def test_full_resolution_kermany_val_accepted(samples_dir: Path, gate: GateModel) -> None:
+    files = sorted((samples_dir / "kermany_full_res" / "val").rglob("*.jpeg"))
+    assert len(files) >= 10
+    results = {p.name: _run(p, gate) for p in files}
+    refused = {name: r.message for name, r in results.items() if not r.accepted}
+    assert not refused
+
+
+# ------------------------------------------------------------------ layer 4: quality
+
+
+def _val_image(samples_dir: Path) -> np.ndarray:
+    path = samples_dir / "kermany_full_res" / "val" / "NORMAL" / "NORMAL2-IM-1427-0001.jpeg"
+    return cv2.imdecode(np.frombuffer(path.read_bytes(), np.uint8), cv2.IMREAD_GRAYSCALE)
+
+
+def test_blurred_image_low_quality(samples_dir: Path, gate: GateModel) -> None:
+    img = cv2.GaussianBlur(_val_image(samples_dir), (0, 0), 25)
+    r = run_gate(_png(img), None, gate)
+    _assert_explained(r)
+    assert r.code == "low_quality" and not r.checks["sharpness"]["passed"]
+    assert "blur" in r.message
+
+
+def test_tiny_image_low_quality(samples_dir: Path, gate: GateModel) -> None:
+    img = cv2.resize(_val_image(samples_dir), (150, 120), interpolation=cv2.INTER_AREA)
+    r = run_gate(_png(img), None, gate)
+    _assert_explained(r)
+    assert r.code == "low_quality" and not r.checks["min_side"]["passed"]
+    assert "too small" in r.message
+
+
+def test_quality_can_be_switched_off(samples_dir: Path, gate: GateModel) -> None:
+    img = cv2.resize(_val_image(samples_dir), (150, 120), interpolation=cv2.INTER_AREA)
+    assert run_gate(_png(img), GateSettings(check_quality=False), gate).accepted
+
+
+# ------------------------------------------------------------------ CLI
+
+
+def test_cli_prints_one_json_line_per_file(samples_dir: Path, gate_path: Path) -> None:
+    files = [
+        samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm",
+        samples_dir / "natural" / "coffee.png",
+        samples_dir / "non_chest_xray" / "mura_ELBOW.png",
+    ]
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    out = subprocess.run(
+        [sys.executable, "-m", "service.gate", "--gate", str(gate_path), *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert [line["accepted"] for line in lines] == [True, False, False]
+    assert [line["code"] for line in lines] == [None, "not_xray", "not_chest_xray"]
+    assert all("chest_score" in line["checks"] for line in lines)

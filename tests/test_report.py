@@ -1,0 +1,158 @@
+"""The comparison report: renders from a tiny study, regenerates from artifacts, compares families.
+
+The tiny study (conftest ``tiny_study``) has one family, so the two-family
+statistics are exercised on a copy with a second, faked family whose
+predictions are derived from the real ones.
+"""
+
+from __future__ import annotations
+
+import csv
+import html
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from study import stats
+from study.report import _holm, build_context, render, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+SECTIONS = ("data", "leaderboard", "families", "statistics", "winner", "errors")
+
+pytestmark = pytest.mark.slow
+
+
+def _copy_study(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("tuner"))
+    return dst
+
+
+def _snapshot(root: Path) -> dict[str, tuple[int, int]]:
+    """(size, mtime) of every artifact a training run would touch."""
+    files = [*root.glob("trials/**/*"), *root.glob("families/**/*"), *root.glob("winner*")]
+    return {str(p.relative_to(root)): (p.stat().st_size, p.stat().st_mtime_ns) for p in files}
+
+
+def test_report_has_every_section(tiny_study: Path) -> None:
+    report = tiny_study / "report.html"
+    assert report.is_file(), "the runner should write report.html at the end of a study"
+    text = report.read_text()
+    for sid in SECTIONS:
+        assert f'<section id="{sid}">' in text, sid
+    # Self-contained: every image is inline, nothing is fetched from the network.
+    srcs = re.findall(r'<(?:img|script|link)[^>]*?(?:src|href)="([^"]*)"', text)
+    assert srcs and all(s.startswith("data:") for s in srcs), [s[:40] for s in srcs]
+    assert "<script src" not in text
+    # One family: the statistics section says there is nothing to compare.
+    assert "nothing to compare" in text
+    # Every finished trial is on the leaderboard, with a curve.
+    trials = sorted(p.parent.name for p in (tiny_study / "trials").glob("*/trial.json"))
+    for t in trials:
+        assert f">{t}</a>" in text and f'id="curve-{t}"' in text
+    # Honest about where the test split came from.
+    splits = json.loads((tiny_study / "splits.json").read_text())
+    if splits["test_source"] == "carved from train":
+        assert "<b>The test split was carved from the training folder" in text
+    assert "never to select a model or a threshold" in text
+    # Every error of the winner is in the gallery (a tiny test split is far below the cap).
+    conf = json.loads((tiny_study / "winner.json").read_text())["test"]["confusion"]
+    assert f"pneumonia called normal ({conf['fn']})" in text
+    assert f"normal called pneumonia ({conf['fp']})" in text
+    assert text.count('alt="Grad-CAM ') == conf["fn"] + conf["fp"]
+
+
+def test_cli_regenerates_the_report_without_training(tiny_study: Path, tmp_path: Path) -> None:
+    study = _copy_study(tiny_study, tmp_path / "study")
+    (study / "report.html").unlink()
+    before = _snapshot(study)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_study.py"), "report", "--study", str(study)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert (study / "report.html").is_file()
+    assert proc.stdout.strip().endswith("report.html")
+    assert _snapshot(study) == before, "regenerating the report must not touch trials or models"
+    assert "epoch" not in proc.stdout and "trial 1/" not in proc.stdout
+    assert '<section id="errors">' in (study / "report.html").read_text()
+
+
+def _fake_family(study: Path, name: str, seed: int = 1) -> None:
+    """A second family: the real family's probabilities plus noise, with its own threshold."""
+    summary = json.loads((study / "summary.json").read_text())
+    real = next(iter(summary["families"]))
+    rng = np.random.default_rng(seed)
+    out: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    for split in ("val", "test"):
+        src = study / "families" / real / f"{split}_predictions.csv"
+        rows = list(csv.DictReader(src.open()))
+        dst = study / "families" / name / f"{split}_predictions.csv"
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        y, p = [], []
+        with dst.open("w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["file", "patient", "subtype", "label", "probability_pneumonia"])
+            for r in rows:
+                q = float(np.clip(float(r["probability_pneumonia"]) + rng.normal(0, 0.2), 0, 1))
+                w.writerow([r["file"], r["patient"], r["subtype"], r["label"], f"{q:.6f}"])
+                y.append(int(r["label"]))
+                p.append(q)
+        out[split] = (np.array(y), np.array(p))
+    thr, rule = stats.choose_threshold(*out["val"], 0.95)
+    summary["families"][name] = {
+        "trial": f"{name}-0",
+        "threshold": thr,
+        "threshold_rule": rule,
+        "val": stats.binary_metrics(*out["val"], thr),
+        "test": stats.binary_metrics(*out["test"], thr),
+        "weights": "none (faked in a test)",
+    }
+    (study / "summary.json").write_text(json.dumps(summary))
+
+
+def test_two_families_get_paired_tests_and_cis(tiny_study: Path, tmp_path: Path) -> None:
+    study = _copy_study(tiny_study, tmp_path / "two")
+    _fake_family(study, "fake_cnn")
+    ctx = build_context(study, include_errors=False)
+    cmp = ctx["compare"]
+    assert set(cmp["families"]) >= {"custom_cnn", "fake_cnn"}
+    kinds = sorted(t["result"]["test"] for t in cmp["tests"])
+    assert kinds == ["DeLong", "McNemar"]
+    for t in cmp["tests"]:
+        assert 0.0 <= t["result"]["p_value"] <= 1.0
+        assert t["p_holm"] >= t["result"]["p_value"]
+        assert "custom_cnn" in t["verdict"] and "fake_cnn" in t["verdict"]
+    cis = [c for c in cmp["cis"] if c["point"] is not None]
+    assert {c["family"] for c in cis} == {"custom_cnn", "fake_cnn"}
+    for c in cis:
+        assert c["lo"] <= c["point"] <= c["hi"]
+        assert c["method"].startswith("patient-level")
+    page = render(ctx)
+    assert "Holm" in page and "nothing to compare" not in page
+    for t in cmp["tests"]:
+        assert html.escape(t["verdict"]) in page
+
+
+def test_interrupted_study_still_renders(tiny_study: Path, tmp_path: Path) -> None:
+    """No summary or winner yet: data and trials are shown, the rest says what is missing."""
+    study = _copy_study(tiny_study, tmp_path / "cut")
+    for name in ("summary.json", "winner.json", "winner.keras"):
+        (study / name).unlink()
+    shutil.rmtree(study / "families")
+    text = write_report(study).read_text()
+    assert "did not reach the winner stage" in text
+    assert 'id="leaderboard-table"' in text
+
+
+def test_holm_adjustment() -> None:
+    assert _holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
+    assert _holm([0.5]) == [0.5]
