@@ -388,7 +388,6 @@ def analyse(
     heat = None
     if chance is not None:
         errs = heat_vals["FN"] + heat_vals["FP"]
-        # (an empty list when every map was empty: the summary then says so)
         heat = {
             "chance": chance,
             "FN": _heat_summary(heat_vals["FN"]),

@@ -1,0 +1,108 @@
+"""Training throughput per family, and achieved GFLOP/s against a matmul ceiling.
+
+    python -m benchmarks.training_bench [--image-size 128] [--steps 8] [--weights-dir weights]
+
+Each family is built with its default hyperparameters (the first point of its
+search space), trained for a few steps on random data at batch 32, in mixed
+bfloat16 and in float32. FLOPs per training step are 3x the forward FLOPs
+(forward + two backward matmuls), counted by TensorFlow's profiler on the
+frozen forward graph. The ceiling is a large matmul in the same dtype, timed
+in the same run, so the ratio says how much of the CPU the model uses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import keras
+import keras_tuner as kt
+import numpy as np
+import tensorflow as tf
+
+from benchmarks.common import write
+from study.config import DEFAULT_WEIGHTS_DIR
+
+
+def matmul_gflops(dtype: tf.DType, n: int = 2048, reps: int = 6) -> float:
+    a = tf.random.normal([n, n], dtype=tf.float32)
+    a, b = tf.cast(a, dtype), tf.cast(tf.transpose(a), dtype)
+    f = tf.function(lambda: tf.matmul(a, b))
+    f()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        f().numpy()
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
+
+
+def forward_flops(model: keras.Model, size: int) -> float:
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
+    from tensorflow.python.profiler.model_analyzer import profile
+    from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
+
+    fn = tf.function(lambda x: model(x, training=False))
+    frozen = convert_variables_to_constants_v2(
+        fn.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32))
+    )
+    opts = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
+    return float(profile(frozen.graph, options=opts).total_float_ops)
+
+
+def bench_family(family: str, size: int, steps: int, policy: str, weights_dir: Path) -> dict:
+    from search_spaces import FAMILIES
+    from study.weights import resolve_imagenet_weights
+
+    keras.mixed_precision.set_global_policy(policy)
+    keras.utils.set_random_seed(0)
+    weights = None if family == "custom_cnn" else resolve_imagenet_weights(family, weights_dir)
+    if weights is not None and not weights.available:
+        return {"family": family, "policy": policy, "status": "skipped: no ImageNet weights"}
+    model = FAMILIES[family](image_size=size, seed=0, weights=weights).build(kt.HyperParameters())
+    x = np.random.rand(32, size, size, 1).astype(np.float32)
+    y = np.random.randint(0, 2, (32, 1)).astype(np.float32)
+    model.train_on_batch(x, y)  # trace
+    model.train_on_batch(x, y)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        model.train_on_batch(x, y)
+    step = (time.perf_counter() - t0) / steps
+    flops = 3 * forward_flops(model, size) * 32
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    return {
+        "family": family,
+        "policy": policy,
+        "image_size": size,
+        "params": model.count_params(),
+        "trainable": trainable,
+        "step_s": step,
+        "images_per_s": 32 / step,
+        "gflop_per_step": flops / 1e9,
+        "achieved_gflops": flops / step / 1e9,
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--steps", type=int, default=8)
+    p.add_argument("--families", default="custom_cnn,resnet,efficientnet")
+    p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    a = p.parse_args()
+    ceilings = {"mixed_bfloat16": matmul_gflops(tf.bfloat16), "float32": matmul_gflops(tf.float32)}
+    rows = []
+    for fam in a.families.split(","):
+        for policy in ("mixed_bfloat16", "float32"):
+            r = bench_family(fam, a.image_size, a.steps, policy, a.weights_dir)
+            if "achieved_gflops" in r:
+                r["matmul_ceiling_gflops"] = ceilings[policy]
+                r["ratio_to_ceiling"] = r["achieved_gflops"] / ceilings[policy]
+            rows.append(r)
+            print(r, flush=True)
+    write("training", rows, {"matmul_ceiling_gflops": ceilings})
+
+
+if __name__ == "__main__":
+    main()
