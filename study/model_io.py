@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from study.preprocess import PreprocessConfig, load_for_model
+from study.preprocess import PreprocessConfig, load_for_model, model_input
 
 INFO_NAME = "winner.json"
 
@@ -98,6 +98,10 @@ class Winner:
     def prepare(self, data: bytes) -> np.ndarray:
         """The shared preprocessing with this model's own config."""
         return load_for_model(data, self.preprocess)
+
+    def prepare_pixels(self, pixels: np.ndarray) -> np.ndarray:
+        """The same preprocessing on pixels that were already decoded (e.g. by the gate)."""
+        return model_input(pixels, self.preprocess)
 
     def predict_bytes(self, data: bytes) -> float:
         return float(self.predict_batch(self.prepare(data)[None])[0])

@@ -219,9 +219,14 @@ def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     return prepare_pixels(decode(data).pixels, cfg)
 
 
+def model_input(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Steps 2-6 on already-decoded pixels (the service decodes once, in its gate)."""
+    return scale(prepare_pixels(pixels, cfg))[..., None]
+
+
 def load_for_model(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
     """Steps 1-6: bytes -> float32 HxWx1, the model's input."""
-    return scale(prepare(data, cfg))[..., None]
+    return model_input(decode(data).pixels, cfg)
 
 
 def steps(data: bytes, cfg: PreprocessConfig) -> list[tuple[str, np.ndarray]]:
