@@ -4,10 +4,10 @@
 
 Each family is built with its default hyperparameters (the first point of its
 search space), trained for a few steps on random data at batch 32, in mixed
-bfloat16 and in float32. FLOPs per training step are 3x the forward FLOPs
-(forward + two backward matmuls), counted by TensorFlow's profiler on the
-frozen forward graph. The ceiling is a large matmul in the same dtype, timed
-in the same run, so the ratio says how much of the CPU the model uses.
+bfloat16 and in float32. FLOPs per training step are counted by TensorFlow's
+profiler on the graph of one step (forward, loss and the gradients of the
+trainable weights, so a frozen backbone costs its forward pass only). The
+ceiling is a large matmul in the same dtype, timed in the same run, so the ratio says how much of the CPU the model uses.
 """
 
 from __future__ import annotations
@@ -36,17 +36,23 @@ def matmul_gflops(dtype: tf.DType, n: int = 2048, reps: int = 6) -> float:
     return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
-def forward_flops(model: keras.Model, size: int) -> float:
+def step_flops(model: keras.Model, size: int, batch: int) -> float:
     from tensorflow.python.framework.convert_to_constants import (
         convert_variables_to_constants_v2,
     )
     from tensorflow.python.profiler.model_analyzer import profile
     from tensorflow.python.profiler.option_builder import ProfileOptionBuilder
 
-    fn = tf.function(lambda x: model(x, training=False))
-    frozen = convert_variables_to_constants_v2(
-        fn.get_concrete_function(tf.TensorSpec([1, size, size, 1], tf.float32))
-    )
+    loss_fn = keras.losses.BinaryCrossentropy()
+
+    @tf.function
+    def step(x, y):
+        with tf.GradientTape() as tape:
+            loss = loss_fn(y, model(x, training=False))  # no BN updates: graph can be frozen
+        return tape.gradient(loss, model.trainable_variables)
+
+    spec = (tf.TensorSpec([batch, size, size, 1], tf.float32), tf.TensorSpec([batch, 1]))
+    frozen = convert_variables_to_constants_v2(step.get_concrete_function(*spec))
     opts = ProfileOptionBuilder(ProfileOptionBuilder.float_operation()).with_empty_output().build()
     return float(profile(frozen.graph, options=opts).total_float_ops)
 
@@ -69,7 +75,7 @@ def bench_family(family: str, size: int, steps: int, policy: str, weights_dir: P
     for _ in range(steps):
         model.train_on_batch(x, y)
     step = (time.perf_counter() - t0) / steps
-    flops = 3 * forward_flops(model, size) * 32
+    flops = step_flops(model, size, 32)
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
     return {
         "family": family,

@@ -55,7 +55,7 @@ class StudyConfig:
     extra_data: tuple[Path, ...] = ()
     verbose: int = 0
     workers: int = 2
-    mixed_precision: bool = True
+    mixed_precision: bool = False  # benchmarks/results/training.md: bf16 was slower here
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -203,9 +203,10 @@ def study_parser() -> argparse.ArgumentParser:
         help="how images become square (see README: why stretch)",
     )
     p.add_argument(
-        "--no-mixed-precision",
+        "--mixed-precision",
         action="store_true",
-        help="train in float32 instead of mixed bfloat16",
+        help="train in mixed bfloat16 (off by default: on this CPU it was slower for the "
+        "default families at 128 px, see benchmarks/results/training.md)",
     )
     p.add_argument("--workers", type=int, default=2, help="processes for preprocessing")
     p.add_argument(
@@ -246,7 +247,7 @@ def config_from_args(a: argparse.Namespace) -> StudyConfig:
         extra_data=tuple(a.extra_data),
         verbose=a.verbose,
         workers=a.workers,
-        mixed_precision=not a.no_mixed_precision,
+        mixed_precision=a.mixed_precision,
         preprocess=PreprocessConfig(
             image_size=a.image_size, normalise=a.normalise, resize=a.resize
         ),

@@ -57,7 +57,7 @@ def patient_and_subtype(filename: str, label: int) -> tuple[str, str]:
 
 def scan(root: Path, origin: str = "kermany", require_train: bool = True) -> list[ImageRecord]:
     """List every image under root/<split>/<CLASS>/; a missing root is a clear error."""
-    root = Path(root)
+    root = Path(root).resolve()  # absolute paths: artifacts stay valid from any working dir
     if not root.is_dir():
         raise FileNotFoundError(
             f"data directory {root} does not exist. Point --data-dir (or PNEUMOSCOPE_DATA_DIR) "

@@ -8,6 +8,7 @@ mid-way restarts from its last finished epoch (BackupAndRestore).
 from __future__ import annotations
 
 import json
+import sys
 import time
 from typing import Any
 
@@ -129,11 +130,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         f"{json.dumps(w['test'].get('accuracy'))} accuracy, AUC {w['test'].get('auc')}",
         flush=True,
     )
+    from study.report import write_report
+
     try:
-        from study.report import write_report
-    except ImportError:
-        print("report: study.report not available yet", flush=True)
-    else:
         print(f"report: {write_report(cfg.study_dir)}", flush=True)
+    except Exception as exc:  # the winner is exported; a report bug must not lose the study
+        print(
+            f"report FAILED ({type(exc).__name__}: {exc}); the study is saved. Fix and run "
+            f"'python run_study.py report --study {cfg.study_dir}'",
+            file=sys.stderr,
+            flush=True,
+        )
     print(f"done in {summary['seconds'] / 60:.1f} min: {cfg.study_dir}", flush=True)
     return summary

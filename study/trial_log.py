@@ -58,6 +58,13 @@ def fit_verdict(history: list[dict[str, float]]) -> tuple[str, str]:
     return "good fit", f"best val AUC {val_auc[best]:.3f} at epoch {best + 1}, gap {gap:+.3f}"
 
 
+def exact_roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
+    from sklearn.metrics import roc_auc_score
+
+    labels = np.asarray(labels)
+    return float(roc_auc_score(labels, probs)) if 0 < labels.sum() < len(labels) else None
+
+
 def write_trial(
     trial_dir: Path,
     *,
@@ -75,6 +82,7 @@ def write_trial(
     """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
     history = read_history(trial_dir / "history.csv")
     verdict, reason = fit_verdict(history)
+    exact_auc = exact_roc_auc(val_labels, val_probs)
     val_auc = [h.get("val_auc", float("nan")) for h in history]
     best = int(np.nanargmax(val_auc)) if history else -1
     summary = {
@@ -85,9 +93,12 @@ def write_trial(
         "epochs_planned": epochs_planned,
         "best_epoch": best + 1,
         "stopped_early": len(history) < epochs_planned,
+        # Keras' AUC is binned (it steers the search); the exact AUC from the saved
+        # validation predictions is what the winner is chosen by.
         "val": {
             k[4:]: v for k, v in (history[best] if history else {}).items() if k.startswith("val_")
-        },
+        }
+        | {"auc_exact": exact_auc},
         "seconds": seconds,
         "params": params,
         "verdict": verdict,

@@ -59,11 +59,16 @@ def write_predictions(path: Path, split: SplitArrays, probs: np.ndarray) -> None
             w.writerow([r.path, r.patient, r.subtype, r.label, f"{p:.6f}"])
 
 
+def objective(trial: dict[str, Any]) -> float:
+    """Exact validation ROC-AUC of a trial (binned Keras AUC for old trials without it)."""
+    v = trial["val"].get("auc_exact")
+    return float(v if v is not None else trial["val"].get("auc", float("-inf")))
+
+
 def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     best: dict[str, dict[str, Any]] = {}
     for t in trials:
-        auc = t["val"].get("auc", float("-inf"))
-        if t["family"] not in best or auc > best[t["family"]]["val"].get("auc", float("-inf")):
+        if t["family"] not in best or objective(t) > objective(best[t["family"]]):
             best[t["family"]] = t
     return best
 
@@ -99,7 +104,7 @@ def finish_study(
             "weights": weights_used.get(fam, "none (trained from scratch)"),
         }
         models[fam] = model
-    win_fam = max(bests, key=lambda f: bests[f]["val"].get("auc", float("-inf")))
+    win_fam = max(bests, key=lambda f: objective(bests[f]))
     win = bests[win_fam]
     fam_info = families[win_fam]
     info = {
