@@ -7,7 +7,8 @@ search space), trained for a few steps on random data at batch 32, in mixed
 bfloat16 and in float32. FLOPs per training step are counted by TensorFlow's
 profiler on the graph of one step (forward, loss and the gradients of the
 trainable weights, so a frozen backbone costs its forward pass only). The
-ceiling is a large matmul in the same dtype, timed in the same run, so the ratio says how much of the CPU the model uses.
+ceiling is a large matmul in the same dtype, timed in the same run, so the
+ratio says how much of the CPU the model uses.
 """
 
 from __future__ import annotations
