@@ -17,6 +17,7 @@ $(BIN)/.installed: requirements.txt
 venv: $(BIN)/.installed
 
 study: venv
+	$(BIN)/python run_study.py weights fetch-offline
 	$(BIN)/python run_study.py --data-dir $(DATA_DIR) --budget $(BUDGET) $(ARGS)
 
 test: venv
@@ -26,6 +27,7 @@ lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
 benchmark: venv
+	$(BIN)/python run_study.py weights fetch-offline
 	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
 
 serve: venv
