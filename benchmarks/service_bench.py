@@ -153,6 +153,40 @@ def burst(st: Stack, data: bytes, n: int, concurrency: int) -> dict[str, Any]:
     }
 
 
+def stack_db(st: Stack) -> str:
+    return f"sqlite:///{Path(st.env['DATA_DIR']) / 'service.db'}"
+
+
+def breakdown(db_url: str) -> dict[str, float]:
+    """Where a job's time goes (p50 over finished jobs so far), from the predictions table."""
+    from sqlalchemy import select
+
+    from service.db import Database
+    from service.models import Prediction
+
+    db = Database(db_url)
+    with db.session() as s:
+        rows = (
+            s.execute(
+                select(Prediction)
+                .where(Prediction.status == "done")
+                .order_by(Prediction.created_at)
+            )
+            .scalars()
+            .all()
+        )
+    db.dispose()
+    rows = rows[3:]  # skip the warm-up jobs
+    med = lambda xs: round(statistics.median(xs), 1) if xs else float("nan")  # noqa: E731
+    return {
+        "queue_wait": med([(p.started_at - p.created_at).total_seconds() * 1000 for p in rows]),
+        "gate": med([p.gate_ms for p in rows if p.gate_ms is not None]),
+        "preprocess_predict": med([p.inference_ms for p in rows if p.inference_ms is not None]),
+        "heatmap": med([p.heatmap_ms for p in rows if p.heatmap_ms is not None]),
+        "worker_total": med([p.total_ms for p in rows if p.total_ms is not None]),
+    }
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pneumoscope-bench-"))
     redis = pg = None
@@ -200,6 +234,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for _ in range(3):  # warm the path (first SQL, broker queue creation)
             wait_done(stack, stack.upload(data).json()["id"])
         res["end_to_end_1_worker"] = sequential(stack, data, args.n)
+        res["worker_breakdown_ms"] = breakdown(env.get("DATABASE_URL") or stack_db(stack))
         res["burst_1_worker"] = burst(stack, data, args.burst, 10)
         extra_workers.append(stack._spawn("worker"))
         wait_for(lambda: stack.client.get("/readyz").json().get("workers") == 2, 300, "2 workers")
@@ -250,6 +285,14 @@ def markdown(r: dict[str, Any]) -> str:
     ]
     lines += [
         f"| {k} | {v['n']} | {v['p50_ms']} | {v['p95_ms']} | {v['mean_ms']} |" for k, v in rows
+    ]
+    bd = r["worker_breakdown_ms"]
+    lines += [
+        "",
+        "Where a job's time goes (p50 ms, worker side): "
+        + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in bd.items())
+        + ". The gate decodes the full-resolution image and computes its features; the model"
+        " input is decoded again by Winner.prepare (the shared preprocessing).",
     ]
     lines += [
         "",

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import sys
 import time
+import warnings
+from pathlib import Path
 from typing import Any
 
 import keras
@@ -63,13 +65,15 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
             skipped[fam] = src.reason
             print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
             continue
-        used[fam] = f"ImageNet ({src.kind}: {src.path})"
+        used[fam] = f"ImageNet ({src.kind}: {Path(src.path).name})"
         runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=src)
     return runnable, skipped, used
 
 
 def run_study(cfg: StudyConfig) -> dict[str, Any]:
     """Run (or resume) the whole study and return its summary."""
+    # Our datasets are already shuffled; Keras warns about its own shuffle flag regardless.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     t0 = time.monotonic()
     seed_everything(cfg.seed)
     if cfg.mixed_precision:

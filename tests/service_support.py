@@ -248,7 +248,7 @@ class Stack:
         if wait:
             self.wait_ready()
 
-    def wait_ready(self, timeout: float = 180) -> None:
+    def wait_ready(self, timeout: float = 300) -> None:
         def ready() -> bool:
             if self.worker is not None and self.worker.poll() is not None:
                 raise RuntimeError(f"worker exited: see {self.log_dir / 'worker.log'}")

@@ -22,7 +22,17 @@ from tests.service_support import (
 
 
 @pytest.fixture(scope="session")
-def tiny_winner(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def gate_ready(data_dir: Path) -> None:
+    """Run the gate once here, so a missing gate model is fitted (and saved) before any worker
+    starts, instead of inside a worker's readiness wait."""
+    from service.settings import Settings
+    from service.worker import warm_up_gate
+
+    warm_up_gate(Settings())
+
+
+@pytest.fixture(scope="session")
+def tiny_winner(tmp_path_factory: pytest.TempPathFactory, gate_ready: None) -> Path:
     return make_tiny_winner(tmp_path_factory.mktemp("tiny_study"))
 
 
