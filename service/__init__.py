@@ -18,6 +18,7 @@ Layout (one concern per module)::
     inference.py    the model in the worker (Winner.prepare, study.gradcam)
     db.py, models.py, migrate.py, migrations/   SQLAlchemy 2 + Alembic
     storage.py      Storage protocol; content-addressed local directory
+    preview.py      grey PNG preview of an upload (DICOM too) for the reviewer page
     feedback.py     reviewed uploads -> Kaggle layout for the study
     gate.py         the input gate (written separately)
 

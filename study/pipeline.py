@@ -1,7 +1,7 @@
 """tf.data pipelines over the preprocessed cache.
 
-Train: the minority class is oversampled to a balanced (~1:1) stream, and
-every batch gets random geometric and photometric augmentation. All
+Train: every batch is half NORMAL, half PNEUMONIA (the minority class is
+oversampled), and gets random geometric and photometric augmentation. All
 randomness is stateless and derived from ``(seed, batch number)``, so the
 same seed gives the same batches. Validation and test are deterministic:
 no augmentation, no oversampling.
@@ -29,7 +29,7 @@ class AugmentConfig:
     brightness: float = 0.10  # additive, on [0, 1] images
     contrast: float = 0.25  # multiplicative around the mean: [1-c, 1+c]
     gamma: float = 0.30  # gamma in [1-g, 1+g]
-    noise_std: float = 0.02  # Gaussian noise std (0 = off)
+    noise_std: float = 0.0  # Gaussian noise std; off by default: it halves pipeline speed
     blur_prob: float = 0.0  # probability of a 3x3 box blur per image (0 = off)
 
     def to_dict(self) -> dict:
@@ -60,7 +60,7 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
         output_shape=tf.shape(images)[1:3],
         fill_value=0.0,
         interpolation="BILINEAR",
-        fill_mode="NEAREST",
+        fill_mode="CONSTANT",  # black, like the X-ray's own borders; 2x faster than NEAREST
     )
     per_image = [batch, 1, 1, 1]
     gamma = tf.random.stateless_uniform(per_image, seeds[3], 1 - cfg.gamma, 1 + cfg.gamma)
@@ -89,29 +89,41 @@ def train_dataset(
     seed: int,
     augment: AugmentConfig | None = AugmentConfig(),
 ) -> tf.data.Dataset:
-    """An endless, class-balanced, augmented stream of (x, y) batches."""
-    labels = np.asarray(labels, np.float32)
-    per_class = []
+    """An endless, class-balanced, augmented stream of (x, y) batches.
+
+    Each batch draws half its images from each class (sampling with replacement, so
+    the minority class is oversampled) and is built with whole-batch gathers: no
+    per-image Python or tf.data overhead, so the stream outruns training.
+    """
+    labels = np.asarray(labels)
+    by_class = []
     for c in (0, 1):
         idx = np.flatnonzero(labels == c)
         if len(idx) == 0:
             raise ValueError(f"class {c} has no training images: cannot balance the stream")
-        ds = tf.data.Dataset.from_tensor_slices((images[idx], labels[idx]))
-        per_class.append(
-            ds.shuffle(len(idx), seed=seed + c, reshuffle_each_iteration=True).repeat()
+        by_class.append(tf.constant(idx, tf.int32))
+    pool = tf.constant(images)
+    n0 = batch_size // 2
+    counts = (n0, batch_size - n0)
+    y_batch = tf.constant([0.0] * counts[0] + [1.0] * counts[1], tf.float32)
+
+    def make_batch(step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        seeds = tf.random.experimental.stateless_split(
+            tf.stack([tf.constant(seed, tf.int64), step]), num=4
         )
-    ds = tf.data.Dataset.sample_from_datasets(per_class, weights=[0.5, 0.5], seed=seed)
-    ds = ds.batch(batch_size, drop_remainder=True)
-    ds = tf.data.Dataset.zip(ds, tf.data.Dataset.counter())
-
-    def _map(batch, step):
-        x, y = batch
-        x = _to_input(x)
+        picks = [
+            tf.gather(ids, tf.random.stateless_uniform([n], s, 0, tf.size(ids), tf.int32))
+            for ids, n, s in zip(by_class, counts, (seeds[0], seeds[1]), strict=True)
+        ]
+        order = tf.argsort(tf.random.stateless_uniform([batch_size], seeds[2]))
+        chosen = tf.gather(tf.concat(picks, 0), order)
+        x = _to_input(tf.gather(pool, chosen))
         if augment is not None:
-            x = augment_batch(x, tf.stack([tf.cast(seed, tf.int64), step]), augment)
-        return x, y[:, None]
+            x = augment_batch(x, seeds[3], augment)
+        return x, tf.gather(y_batch, order)[:, None]
 
-    return ds.map(_map, num_parallel_calls=tf.data.AUTOTUNE).prefetch(tf.data.AUTOTUNE)
+    ds = tf.data.Dataset.counter().map(make_batch, num_parallel_calls=tf.data.AUTOTUNE)
+    return ds.prefetch(tf.data.AUTOTUNE)
 
 
 def eval_dataset(images: np.ndarray, labels: np.ndarray, batch_size: int) -> tf.data.Dataset:

@@ -9,11 +9,13 @@ from __future__ import annotations
 import re
 
 from fastapi import APIRouter, Query
+from fastapi.responses import Response
 from sqlalchemy import func, select
 
 from service.context import ApiKey, Ctx
 from service.errors import ApiError
 from service.models import Label, Prediction, Upload, utcnow
+from service.preview import preview_png
 from service.schemas import LabelIn, LabelOut, UploadList, UploadStats, upload_out
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[ApiKey])
@@ -84,3 +86,18 @@ def list_uploads(
         reviewed=reviewed,
         unlabelled=total - reviewed,
     )
+
+
+@router.get("/{upload_id}/image.png", response_class=Response)
+def get_image(ctx: Ctx, upload_id: str) -> Response:
+    """The upload as a grey PNG preview (DICOMs included), for the reviewer page."""
+    if not _ID.match(upload_id):
+        raise ApiError(404, "not_found", "no such upload")
+    with ctx.db.session() as s:
+        up = s.get(Upload, upload_id)
+    if up is None:
+        raise ApiError(404, "not_found", "no such upload")
+    png = preview_png(ctx.storage.get(up.storage_key), ctx.settings.max_pixels)
+    if png is None:
+        raise ApiError(422, "not_an_image", "this upload cannot be shown as an image")
+    return Response(png, media_type="image/png", headers={"Cache-Control": "private, max-age=3600"})

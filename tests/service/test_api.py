@@ -149,3 +149,10 @@ def test_sanitise_name_never_yields_a_path() -> None:
     assert sanitise_name("C:\\Users\\x\\scan 1.dcm") == "scan_1.dcm"
     assert sanitise_name("") == "upload" and sanitise_name("..") == "upload"
     assert "/" not in sanitise_name("a/b\\c/../d" * 50) and len(sanitise_name("x" * 999)) <= 100
+
+
+def test_upload_preview_png_needs_key(client: TestClient, sample_jpeg: bytes) -> None:
+    up = client.post("/v1/predictions", files={"file": ("a", sample_jpeg, "")}).json()["upload_id"]
+    assert client.get(f"/v1/uploads/{up}/image.png").status_code == 401
+    r = client.get(f"/v1/uploads/{up}/image.png", headers={"X-API-Key": API_KEY})
+    assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
