@@ -7,6 +7,7 @@ import logging
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 log = logging.getLogger("service.api")
@@ -55,6 +56,16 @@ def install(app: FastAPI) -> None:
     async def _validation(_: Request, exc: RequestValidationError) -> JSONResponse:
         fields = sorted({".".join(str(p) for p in e.get("loc", ())[1:]) for e in exc.errors()})
         return error_response(422, "invalid_request", f"invalid or missing: {', '.join(fields)}")
+
+    @app.exception_handler(DBAPIError)
+    async def _db(request: Request, exc: DBAPIError) -> JSONResponse:
+        """Database down or not migrated: a retryable 503, not a 500."""
+        log.error("database error %s on %s %s", type(exc.orig).__name__, request.method,
+                  request.url.path)  # fmt: skip
+        return error_response(
+            503, "database_unavailable", "the database is unavailable; retry later",
+            {"Retry-After": "5"},
+        )  # fmt: skip
 
     @app.exception_handler(Exception)
     async def _unhandled(request: Request, exc: Exception) -> JSONResponse:

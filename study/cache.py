@@ -101,9 +101,13 @@ def build_cache(
     kept = [p for p, k in zip(ordered, ok, strict=True) if k]
     images = images[ok]
     directory.mkdir(parents=True, exist_ok=True)
-    tmp = directory / "images.tmp.npy"
+    # Unique temporary names and atomic renames: distributed workers may build the same
+    # cache at once, and a killed build must never look complete.
+    tmp = directory / f"images.{os.getpid()}.tmp.npy"
     np.save(tmp, images)
     tmp.replace(directory / "images.npy")
     meta = {"config": cfg.to_dict(), "paths": kept, "failed": failed, "built_at": time.time()}
-    meta_path.write_text(json.dumps(meta))  # written last: its presence marks a complete cache
+    tmp_meta = directory / f"index.{os.getpid()}.tmp.json"
+    tmp_meta.write_text(json.dumps(meta))
+    tmp_meta.replace(meta_path)  # last: its presence marks a complete cache
     return ImageCache(directory, kept, images, failed, False, time.perf_counter() - t0)

@@ -83,8 +83,12 @@ def _arrays(cache: ImageCache, records: list[ImageRecord]) -> SplitArrays:
     )
 
 
-def prepare_data(cfg: StudyConfig, make_figures: bool = True) -> StudyData:
-    """The whole data stage of a study, printing what it does."""
+def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
+    """The whole data stage of a study, printing what it does.
+
+    Distributed workers pass ``write_artifacts=False``: they need the arrays, while
+    the chief alone writes splits.json, audit.json and the figures.
+    """
     from study.audit import audit_dataset
 
     out = cfg.study_dir
@@ -114,14 +118,16 @@ def prepare_data(cfg: StudyConfig, make_figures: bool = True) -> StudyData:
     if corrupt:
         plan.notes.append(f"skipped {len(corrupt)} unreadable files (listed in audit.json)")
         plan.records = [r for r in plan.records if r.path not in corrupt]
-    plan.write(out / "splits.json")
+    if write_artifacts:
+        plan.write(out / "splits.json")
     audit_json = audit.to_json()
     audit_json["after_split"] = audit.cross_split(plan)
-    (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
+    if write_artifacts:
+        (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
     print(audit.summary(), flush=True)
     print(plan.summary(), flush=True)
 
-    if make_figures:
+    if write_artifacts:
         from study import figures
 
         fig_dir = out / "figures"

@@ -8,6 +8,7 @@ mid-way restarts from its last finished epoch (BackupAndRestore).
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 import warnings
@@ -30,6 +31,23 @@ def share_budget(budget: int, families: list[str]) -> dict[str, int]:
         return {}
     base, extra = divmod(budget, len(families))
     return {f: base + (i < extra) for i, f in enumerate(families)}
+
+
+def tuner_role() -> str:
+    """'single', 'chief' or a worker id, from Keras-Tuner's distributed env vars."""
+    tid = os.environ.get("KERASTUNER_TUNER_ID")
+    if not tid or "KERASTUNER_ORACLE_IP" not in os.environ:
+        return "single"
+    return "chief" if tid == "chief" else tid
+
+
+def use_family_port(index: int) -> None:
+    """One oracle port per family (base port + index): a new chief server never races
+    the previous family's server for the same port."""
+    base = os.environ.setdefault(
+        "PNEUMOSCOPE_ORACLE_BASE_PORT", os.environ["KERASTUNER_ORACLE_PORT"]
+    )
+    os.environ["KERASTUNER_ORACLE_PORT"] = str(int(base) + index)
 
 
 def seed_everything(seed: int) -> None:
@@ -78,8 +96,10 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     seed_everything(cfg.seed)
     if cfg.mixed_precision:
         keras.mixed_precision.set_global_policy("mixed_bfloat16")
-    _check_resume(cfg)
-    data = prepare_data(cfg)
+    role = tuner_role()
+    if role in ("single", "chief"):
+        _check_resume(cfg)
+    data = prepare_data(cfg, write_artifacts=role in ("single", "chief"))
     runnable, skipped, used = resolve_families(cfg)
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
@@ -96,7 +116,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     deadline = t0 + cfg.time_budget * 60 if cfg.time_budget else None
     val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
-    for fam, hypermodel in runnable.items():
+    for i, (fam, hypermodel) in enumerate(runnable.items()):
+        if role != "single":
+            use_family_port(i)
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -122,6 +144,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             verbose=cfg.verbose,
         )
         tf.keras.backend.clear_session()
+    if role not in ("single", "chief"):
+        print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
+        return {"role": role}
     from study.winner import finish_study
 
     summary = finish_study(cfg, data, skipped, used)

@@ -78,6 +78,7 @@ def write_trial(
     val_labels: np.ndarray,
     val_probs: np.ndarray,
     weights: str,
+    worker: str = "single",
 ) -> dict[str, Any]:
     """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
     history = read_history(trial_dir / "history.csv")
@@ -104,6 +105,7 @@ def write_trial(
         "verdict": verdict,
         "verdict_reason": reason,
         "weights": weights,
+        "worker": worker,
     }
     (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
     with (trial_dir / "val_predictions.csv").open("w", newline="") as f:

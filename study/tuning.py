@@ -8,6 +8,7 @@ and progress lines.
 
 from __future__ import annotations
 
+import os
 import shutil
 import sys
 import time
@@ -172,6 +173,7 @@ class StudyTunerMixin:
             val_labels=self.ctx.val_labels,
             val_probs=probs,
             weights=self.ctx.weights,
+            worker=os.environ.get("KERASTUNER_TUNER_ID", "single"),
         )
         self._count(summary)
         return history

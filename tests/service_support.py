@@ -77,12 +77,21 @@ def make_settings(tmp: Path, **kw: Any) -> Any:
     from service.migrate import migrate
     from service.settings import Settings
 
-    s = Settings(data_dir=tmp, api_key=API_KEY, **kw)
+    isolated: dict[str, Any] = {n: None for n in ("database_url", "broker_url", "storage_dir")}
+    s = Settings(**{**isolated, "data_dir": tmp, "api_key": API_KEY, **kw})
     migrate(s)
     return s
 
 
 # --------------------------------------------------------------------------- processes
+
+
+def clean_environ() -> dict[str, str]:
+    """os.environ without the service's own variables, so a developer's shell can't leak in."""
+    from service.settings import Settings
+
+    names = {n.upper() for n in Settings.model_fields}
+    return {k: v for k, v in os.environ.items() if k.upper() not in names}
 
 
 def free_port() -> int:
@@ -202,7 +211,7 @@ class Stack:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         self.env = {
-            **os.environ,
+            **clean_environ(),
             "DATA_DIR": str(workdir / "data"),
             "API_KEY": API_KEY,
             "PORT": str(self.port),

@@ -156,3 +156,13 @@ def test_upload_preview_png_needs_key(client: TestClient, sample_jpeg: bytes) ->
     assert client.get(f"/v1/uploads/{up}/image.png").status_code == 401
     r = client.get(f"/v1/uploads/{up}/image.png", headers={"X-API-Key": API_KEY})
     assert r.status_code == 200 and r.content[:4] == b"\x89PNG"
+
+
+def test_database_unavailable_is_503_not_500(tmp_path, sample_jpeg: bytes) -> None:
+    from service.settings import Settings
+
+    s = Settings(data_dir=tmp_path, database_url=None, api_key=API_KEY)  # never migrated
+    with TestClient(create_app(s, FakePublisher()), raise_server_exceptions=False) as c:
+        r = c.post("/v1/predictions", files={"file": ("a.jpeg", sample_jpeg, "image/jpeg")})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
+        assert c.get("/readyz").json()["checks"]["database"] != "ok"

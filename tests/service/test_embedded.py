@@ -12,7 +12,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.service_support import REPO, free_port, stop_process, wait_for
+from tests.service_support import REPO, clean_environ, free_port, stop_process, wait_for
 
 pytestmark = pytest.mark.services
 
@@ -20,14 +20,11 @@ pytestmark = pytest.mark.services
 def test_embedded_mode_serves_and_stops_its_worker(
     tiny_winner: Path, sample_jpeg: bytes, artifacts_dir: Path
 ) -> None:
-    import os
 
     work = Path(tempfile.mkdtemp(prefix="pneumoscope-embedded-"))
     port = free_port()
-    env = {**os.environ, "DATA_DIR": str(work), "MODEL_PATH": str(tiny_winner),
+    env = {**clean_environ(), "DATA_DIR": str(work), "MODEL_PATH": str(tiny_winner),
            "PORT": str(port), "LOG_LEVEL": "warning", "PYTHONPATH": str(REPO)}  # fmt: skip
-    env.pop("DATABASE_URL", None)
-    env.pop("BROKER_URL", None)
     log = open(artifacts_dir / "service-embedded.log", "wb")  # noqa: SIM115
     proc = subprocess.Popen(
         [sys.executable, "-m", "service"],

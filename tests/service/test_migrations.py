@@ -15,7 +15,7 @@ from service.settings import Settings
 
 
 def test_migrations_match_models_and_round_trip(tmp_path: Path) -> None:
-    s = Settings(data_dir=tmp_path)
+    s = Settings(data_dir=tmp_path, database_url=None)
     migrate(s)
     engine = create_engine(s.db_url)
     with engine.connect() as conn:
