@@ -72,15 +72,13 @@ class ProgressLine(keras.callbacks.Callback):
             summary,
             epochs,
         )
+        self.trial_best = float("nan")
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         logs = logs or {}
         auc = float(logs.get("val_auc", float("nan")))
-        best = (
-            self.p.best
-            if np.isnan(auc) or auc <= (self.p.best if not np.isnan(self.p.best) else -1)
-            else auc
-        )
+        self.trial_best = float(np.nanmax([self.trial_best, auc]))
+        best = float(np.nanmax([self.p.best, self.trial_best]))
         self.p.line(
             f"trial {self.p.done + 1}/{self.p.total_trials} {self.family}#{self.trial_id} "
             f"[{self.summary}] epoch {epoch + 1}/{self.epochs} val_auc={auc:.4f} "
