@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The containers end to end, on a Docker engine of its own (no registry needed):
-#   1. starts dockerd by hand (vfs, no iptables, no default bridge; everything in a temp dir)
+#   1. starts dockerd by hand (overlay2, else vfs; no iptables, no default bridge; all in a temp dir)
 #   2. builds the local base images (scripts/docker_base_images.sh) and the app image
 #   3. `compose up` with docker-compose.yml + docker-compose.ci.yml: postgres, redis, migrate,
 #      the one-shot study (a tiny study on a small read-only copy of the data: STUDY_ARGS), api,
@@ -106,19 +106,35 @@ log "$COMPOSE: $($COMPOSE version 2>/dev/null | head -n 1)"
 
 stage "start dockerd"
 D=$WORK/docker
-mkdir -p "$D"
-dockerd --storage-driver=vfs --iptables=false --ip6tables=false --bridge=none \
-  --data-root "$D/root" --exec-root "$D/exec" --host "unix://$D/docker.sock" \
-  --pidfile "$D/dockerd.pid" >"$D/dockerd.log" 2>&1 &
-DOCKERD_PID=$!
 export DOCKER_HOST="unix://$D/docker.sock" DOCKER_BUILDKIT=0 COMPOSE_DOCKER_CLI_BUILD=0
-for _ in $(seq 120); do
-  docker info >/dev/null 2>&1 && break
-  kill -0 "$DOCKERD_PID" 2>/dev/null || { tail -20 "$D/dockerd.log"; exit 1; }
-  sleep 0.5
-done
-docker info >/dev/null || { tail -20 "$D/dockerd.log"; exit 1; }
-log "dockerd $(docker version -f '{{.Server.Version}}') pid $DOCKERD_PID"
+start_dockerd() {  # start_dockerd DRIVER: 0 once the engine answers
+  mkdir -p "$D"
+  dockerd --storage-driver="$1" --iptables=false --ip6tables=false --bridge=none \
+    --data-root "$D/root" --exec-root "$D/exec" --host "unix://$D/docker.sock" \
+    --pidfile "$D/dockerd.pid" >>"$D/dockerd.log" 2>&1 &
+  DOCKERD_PID=$!
+  for _ in $(seq 120); do
+    docker info >/dev/null 2>&1 && return 0
+    kill -0 "$DOCKERD_PID" 2>/dev/null || break
+    sleep 0.5
+  done
+  kill "$DOCKERD_PID" 2>/dev/null
+  wait "$DOCKERD_PID" 2>/dev/null
+  DOCKERD_PID=""
+  tail -5 "$D/dockerd.log"
+  return 1
+}
+# overlay2 where the kernel allows it; vfs (a full copy of the image per layer and per
+# container: slow and disk-hungry, but works everywhere) otherwise or with E2E_STORAGE_DRIVER=vfs.
+DRIVER=${E2E_STORAGE_DRIVER:-overlay2}
+if ! start_dockerd "$DRIVER"; then
+  [ "$DRIVER" = vfs ] && exit 1
+  log "dockerd with $DRIVER failed; falling back to vfs"
+  DRIVER=vfs
+  rm -rf "$D/root"
+  start_dockerd vfs || exit 1
+fi
+log "dockerd $(docker version -f '{{.Server.Version}}'), storage driver $(docker info -f '{{.Driver}}'), pid $DOCKERD_PID"
 
 # ------------------------------------------------------------------ 2. images
 stage "base images (python, redis, postgres)"

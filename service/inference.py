@@ -82,7 +82,10 @@ class ModelRuntime:
 
     def run(self, data: bytes, pixels: np.ndarray | None) -> Outcome:
         t0 = time.perf_counter()
-        x = self.winner.prepare(data)[None]
+        # The gate already decoded the bytes: reuse its pixels (same study.preprocess path).
+        x = (self.winner.prepare(data) if pixels is None else self.winner.prepare_pixels(pixels))[
+            None
+        ]
         prob = float(self.winner.predict_batch(x)[0])
         t1 = time.perf_counter()
         cam = self.gradcam.gradcam(self.keras, x)[0]
