@@ -16,6 +16,13 @@ from study.preprocess import PreprocessConfig
 
 REPO = Path(__file__).resolve().parents[1]
 ALL_FAMILIES = ("custom_cnn", "resnet", "efficientnet")
+# Measured (benchmarks/results/training.md, README): bf16 speeds up dense convs here but
+# slows EfficientNet's depthwise convs.
+FAMILY_PRECISION = {
+    "custom_cnn": "mixed_bfloat16",
+    "resnet": "mixed_bfloat16",
+    "efficientnet": "float32",
+}
 TUNERS = ("hyperband", "bayesian", "random")
 
 
@@ -55,7 +62,9 @@ class StudyConfig:
     extra_data: tuple[Path, ...] = ()
     verbose: int = 0
     workers: int = 2
-    mixed_precision: bool = False  # benchmarks/results/training.md: bf16 was slower here
+    precision: str = (
+        "auto"  # "auto" (per family, see FAMILY_PRECISION), "float32", "mixed_bfloat16"
+    )
     preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
 
@@ -86,6 +95,7 @@ class StudyConfig:
                 "preprocess",
                 "budget",
                 "max_train_images",
+                "precision",
             )
         }
 
@@ -203,10 +213,11 @@ def study_parser() -> argparse.ArgumentParser:
         help="how images become square (see README: why stretch)",
     )
     p.add_argument(
-        "--mixed-precision",
-        action="store_true",
-        help="train in mixed bfloat16 (off by default: on this CPU it was slower for the "
-        "default families at 128 px, see benchmarks/results/training.md)",
+        "--precision",
+        choices=("auto", "float32", "mixed_bfloat16"),
+        default="auto",
+        help="training precision; auto = mixed_bfloat16 for custom_cnn and resnet, float32 for "
+        "efficientnet (its depthwise convs were up to 2.4x slower in bf16 on this CPU)",
     )
     p.add_argument("--workers", type=int, default=2, help="processes for preprocessing")
     p.add_argument(
@@ -247,7 +258,7 @@ def config_from_args(a: argparse.Namespace) -> StudyConfig:
         extra_data=tuple(a.extra_data),
         verbose=a.verbose,
         workers=a.workers,
-        mixed_precision=a.mixed_precision,
+        precision=a.precision,
         preprocess=PreprocessConfig(
             image_size=a.image_size, normalise=a.normalise, resize=a.resize
         ),

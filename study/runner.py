@@ -18,7 +18,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from study.config import StudyConfig
+from study.config import FAMILY_PRECISION, StudyConfig
 from study.datasets import prepare_data
 from study.pipeline import eval_dataset, steps_per_epoch, train_dataset
 from study.trial_log import load_trials
@@ -94,8 +94,6 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
     t0 = time.monotonic()
     seed_everything(cfg.seed)
-    if cfg.mixed_precision:
-        keras.mixed_precision.set_global_policy("mixed_bfloat16")
     role = tuner_role()
     if role in ("single", "chief"):
         _check_resume(cfg)
@@ -119,6 +117,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
+        policy = FAMILY_PRECISION[fam] if cfg.precision == "auto" else cfg.precision
+        keras.mixed_precision.set_global_policy(policy)
         ctx = TrialContext(
             cfg.study_dir,
             fam,

@@ -79,6 +79,7 @@ def write_trial(
     val_probs: np.ndarray,
     weights: str,
     worker: str = "single",
+    precision: str = "float32",
 ) -> dict[str, Any]:
     """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
     history = read_history(trial_dir / "history.csv")
@@ -106,6 +107,7 @@ def write_trial(
         "verdict_reason": reason,
         "weights": weights,
         "worker": worker,
+        "precision": precision,
     }
     (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
     with (trial_dir / "val_predictions.csv").open("w", newline="") as f:

@@ -172,6 +172,7 @@ class StudyTunerMixin:
             val_probs=probs,
             weights=self.ctx.weights,
             worker=os.environ.get("KERASTUNER_TUNER_ID", "single"),
+            precision=keras.mixed_precision.global_policy().name,
         )
         self._count(summary)
         return history
