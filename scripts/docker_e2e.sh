@@ -12,7 +12,8 @@
 #
 # Environment: PNEUMOSCOPE_DATA_DIR / PNEUMOSCOPE_SAMPLES_DIR (default ../shared/data/...),
 # E2E_PER_CLASS (images per class in the data subset, default 60: the input gate needs 10+
-# validation images), STUDY_ARGS, E2E_API_PORT (default 18000), E2E_KEEP=1 keeps the temp dir.
+# validation images), STUDY_ARGS, E2E_API_PORT (default 18000), E2E_STORAGE_DRIVER (default
+# overlay2, falls back to vfs), E2E_KEEP=1 keeps the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 REPO=$(pwd)
@@ -65,6 +66,7 @@ cleanup() {
   fi
   stage "stop dockerd, clean up"
   if [ -n "$DOCKERD_PID" ] && kill -0 "$DOCKERD_PID" 2>/dev/null; then
+    log "stopping dockerd (pid $DOCKERD_PID)"
     kill "$DOCKERD_PID"
     for _ in $(seq 60); do kill -0 "$DOCKERD_PID" 2>/dev/null || break; sleep 0.5; done
     kill -9 "$DOCKERD_PID" 2>/dev/null
@@ -75,6 +77,7 @@ cleanup() {
   done
   [ -e "$WORK/docker/exec/netns/default" ] && umount "$WORK/docker/exec/netns/default" 2>/dev/null
   awk -v w="$WORK" 'index($2, w) == 1 {print $2}' /proc/mounts | sort -r | xargs -r -n1 umount -l
+  log "removing $WORK ($(du -sh "$WORK" 2>/dev/null | cut -f1))"
   if [ "${E2E_KEEP:-0}" = 1 ]; then echo "kept $WORK"; else rm -rf "$WORK"; fi
   end_stage
   echo "#### stage times"
@@ -88,7 +91,7 @@ trap 'exit 130' INT TERM
 
 [ "$(id -u)" = 0 ] || { echo "needs root (dockerd, debootstrap)" >&2; exit 1; }
 [ -d "$DATA_SRC/train/NORMAL" ] || { echo "no data at $DATA_SRC" >&2; exit 1; }
-SAMPLE=$(find "$SAMPLES/kermany_full_res/val/NORMAL" -name '*.jpeg' | sort | head -n 1)
+SAMPLE=$(find "$SAMPLES/kermany_full_res/val/NORMAL" -name '*.jpeg' | sort | sed -n 1p)
 [ -n "$SAMPLE" ] || { echo "no full-resolution sample under $SAMPLES" >&2; exit 1; }
 
 # ------------------------------------------------------------------ 1. tools and dockerd
@@ -158,8 +161,8 @@ stage "data subset ($PER_CLASS images per class)"
 SUB=$WORK/data
 for cls in NORMAL PNEUMONIA; do
   mkdir -p "$SUB/train/$cls"
-  find "$DATA_SRC/train/$cls" -maxdepth 1 -type f | sort | head -n "$PER_CLASS" \
-    | xargs -r -d '\n' cp -t "$SUB/train/$cls"
+  mapfile -t files < <(find "$DATA_SRC/train/$cls" -maxdepth 1 -type f | sort)
+  cp -t "$SUB/train/$cls" "${files[@]:0:$PER_CLASS}"
 done
 chmod -R a+rX "$SUB" && chmod 755 "$WORK"
 log "$(find "$SUB" -type f | wc -l) images in $SUB"

@@ -77,8 +77,8 @@ export function describeHttpError(status, body) {
     else if (status >= 500) lead = "The service had an internal error.";
     else lead = "The request failed.";
   }
-  const detail = err && err.message ? ` (${err.message})` : "";
-  return new ShownError(`${lead}${detail} [HTTP ${status}${code ? ", " + code : ""}]`, { status, code });
+  const detail = err && err.message ? ` The service says: “${err.message}”.` : "";
+  return new ShownError(`${lead}${detail} (HTTP ${status}${code ? ", " + code : ""})`, { status, code });
 }
 
 /** fetch() returning parsed JSON, or throwing a ShownError with words for the page. */

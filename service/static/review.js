@@ -46,7 +46,7 @@ function keyRefused(err) {
     new ShownError(
       `The service refused this API key (${err.status === 401 ? "no key sent" : "wrong key"}). ` +
         "Check the key and enter it again. If it is right, the service may have no API_KEY set. " +
-        `[HTTP ${err.status}]`,
+        `(HTTP ${err.status})`,
       { status: err.status }
     ),
     "Wrong API key"

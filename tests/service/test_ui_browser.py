@@ -96,13 +96,14 @@ def tab(chromium: Any) -> Iterator[Tab]:
     # Turn on file-chooser interception now, not at the first expect_file_chooser (a race).
     page.on("filechooser", lambda _: None)
     t = Tab(page)
-    page.on("console", lambda m: t.problems.append(f"console: {m.text}") if m.type == "error" else None)
+    page.on(
+        "console", lambda m: t.problems.append(f"console: {m.text}") if m.type == "error" else None
+    )
     page.on("pageerror", lambda e: t.problems.append(f"pageerror: {e}"))
     page.on("requestfailed", lambda r: t.problems.append(f"request failed: {r.url} {r.failure}"))
     try:
         yield t
     finally:
-        print("problems:", t.problems)
         context.close()
 
 
@@ -166,7 +167,8 @@ def test_photo_is_rejected_as_not_xray_with_its_checks(
           dt.items.add(new File([bytes], name, { type: "image/png" }));
           const zone = document.getElementById("drop");
           for (const type of ["dragenter", "dragover", "drop"]) {
-            zone.dispatchEvent(new DragEvent(type, { dataTransfer: dt, bubbles: true, cancelable: true }));
+            const init = { dataTransfer: dt, bubbles: true, cancelable: true };
+            zone.dispatchEvent(new DragEvent(type, init));
           }
         }""",
         [base64.b64encode(data).decode(), "coffee.png"],
@@ -203,6 +205,22 @@ def test_non_image_shows_the_error(tab: Tab, ui_stack: Stack, artifacts_dir: Pat
     tab.assert_clean(r"status of 415")  # Chromium logs the refused upload itself
 
 
+def test_dicom_result_shows_the_heatmap_image_alone(
+    tab: Tab, ui_stack: Stack, samples_dir: Path, artifacts_dir: Path
+) -> None:
+    """The browser cannot draw a DICOM: no plain preview, the overlay PNG carries the X-ray."""
+    page = tab.page
+    page.goto(ui_stack.base + "/")
+    page.set_input_files("#file", str(samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm"))
+    page.locator("#result").wait_for(state="visible", timeout=JOB_TIMEOUT_MS)
+    _img_loaded(page, "#result-heatmap")
+    assert page.locator("#result .base-img").count() == 0
+    assert page.locator("#result-opacity").count() == 0
+    assert "plain preview is not available" in page.locator("#result .viewer-controls").inner_text()
+    page.screenshot(path=str(artifacts_dir / "ui_upload_dicom.png"), full_page=True)
+    tab.assert_clean()
+
+
 def test_review_labels_by_key_and_click_and_feeds_export(
     tab: Tab,
     ui_stack: Stack,
@@ -230,6 +248,7 @@ def test_review_labels_by_key_and_click_and_feeds_export(
     assert "refused this API key" in page.locator("#error").inner_text()
     assert page.locator("#queue-card").is_hidden()
     assert page.evaluate("() => sessionStorage.length") == 0
+    page.screenshot(path=str(artifacts_dir / "ui_review_wrong_key.png"))
 
     page.get_by_label("Reviewer API key").fill(API_KEY)
     page.get_by_role("button", name="Use key").click()
@@ -262,6 +281,15 @@ def test_review_labels_by_key_and_click_and_feeds_export(
 
     # The key lives in sessionStorage: a reload keeps the reviewer signed in, the queue stays
     # without the labelled uploads.
+    # Every remaining upload's picture loads (a DICOM's preview too); only then reload, which
+    # would abort previews still in flight.
+    for li in page.locator("li.item").all():
+        li.scroll_into_view_if_needed()
+    page.wait_for_function(
+        "() => [...document.querySelectorAll('.item-media')]"
+        ".every((m) => m.dataset.state === 'loaded')"
+    )
+    assert page.locator(".item-media .warn-text").count() == 0  # no preview failed
     page.reload()
     page.locator("#queue-card").wait_for(state="visible")
     page.locator("#queue-status").get_by_text("to label").wait_for()
@@ -275,8 +303,14 @@ def test_review_labels_by_key_and_click_and_feeds_export(
     out = tmp_path / "feedback"
     assert (
         export_feedback(
-            ["--database-url", f"sqlite:///{data_dir / 'service.db'}",
-             "--storage-dir", str(data_dir / "storage"), "--out", str(out)]
+            [
+                "--database-url",
+                f"sqlite:///{data_dir / 'service.db'}",
+                "--storage-dir",
+                str(data_dir / "storage"),
+                "--out",
+                str(out),
+            ]
         )  # fmt: skip
         == 0
     )
