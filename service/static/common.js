@@ -9,7 +9,7 @@ export const CODE_SENTENCES = {
   not_an_image: "The file is not an image this service can read. Use a JPEG, PNG or DICOM file.",
   unsupported_format: "This file format or image layout is not supported. Use a JPEG, PNG or DICOM file.",
   too_large: "The file is too large for this service.",
-  broker_unavailable: "The service is busy or its job queue is unavailable; nothing was queued. Try again in a few seconds.",
+  broker_unavailable: "The service is busy or its job queue is unavailable. Try again in a few seconds.",
   database_unavailable: "The service's database is unavailable. Try again in a few seconds.",
   unauthorized: "This needs an API key.",
   forbidden: "The service refused this API key.",

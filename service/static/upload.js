@@ -17,6 +17,7 @@ const POLL_FAST_MS = 500; // the first seconds: a tiny model answers quickly
 const POLL_SLOW_MS = 1500;
 const POLL_FAST_FOR_MS = 15000;
 const MAX_POLL_FAILURES = 5; // in a row; then the error is shown and polling stops
+const BIG_FILE_BYTES = 20 * 1024 * 1024;
 
 const $ = (id) => document.getElementById(id);
 const PREVIEWABLE = /\.(jpe?g|png)$/i;
@@ -107,7 +108,11 @@ function start(file) {
   xhr.addEventListener("error", () => {
     if (mine !== run) return;
     xhr = null;
-    showError(networkError(), "The upload failed");
+    const err = networkError();
+    // A server refusing an oversized body may close the connection before the browser has
+    // finished sending, which the browser reports as a network error, not as the 413.
+    if (file.size > BIG_FILE_BYTES) err.message += ` This file is large (${formatBytes(file.size)}): the service may have refused it for its size.`;
+    showError(err, "The upload failed");
   });
   xhr.addEventListener("timeout", () => {
     if (mine !== run) return;
