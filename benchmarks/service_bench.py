@@ -291,8 +291,9 @@ def markdown(r: dict[str, Any]) -> str:
         "",
         "Where a job's time goes (p50 ms, worker side): "
         + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in bd.items())
-        + ". The gate decodes the full-resolution image and computes its features; the model"
-        " input is decoded again by Winner.prepare (the shared preprocessing).",
+        + ". The gate decodes the full-resolution image once and computes its features; the"
+        " model input is made from those pixels by Winner.prepare_pixels (the shared"
+        " preprocessing).",
     ]
     lines += [
         "",

@@ -286,4 +286,14 @@ print("---- new jobs per worker:", new)
 if len(new) < 2 or min(new.values()) < 1:
     sys.exit("not every worker took a job")
 EOF
+
+stage "api container healthy (image HEALTHCHECK)"
+api=$(compose ps -q api)
+for _ in $(seq 90); do
+  status=$(docker inspect -f '{{.State.Health.Status}}' "$api")
+  [ "$status" = healthy ] && break
+  sleep 2
+done
+log "api: $status; workers: $(for c in $(compose ps -q worker); do docker inspect -f '{{.State.Health.Status}}' "$c"; done | tr '\n' ' ')"
+[ "$status" = healthy ]
 end_stage
