@@ -118,7 +118,6 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         if role != "single":
             use_family_port(i)
         policy = FAMILY_PRECISION[fam] if cfg.precision == "auto" else cfg.precision
-        keras.mixed_precision.set_global_policy(policy)
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -131,6 +130,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             cfg.verbose,
             deadline,
             shares[fam],
+            policy,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         train_ds = train_dataset(

@@ -107,7 +107,7 @@ def write_trial(
         "verdict_reason": reason,
         "weights": weights,
         "worker": worker,
-        "precision": precision,
+        "dtype_policy": precision,
     }
     (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
     with (trial_dir / "val_predictions.csv").open("w", newline="") as f:

@@ -123,6 +123,7 @@ class TrialContext:
     verbose: int
     deadline: float | None  # time.monotonic() value after which no trial starts
     budget: int
+    precision: str = "float32"  # Keras dtype policy for this family's models
 
 
 class StudyTunerMixin:
@@ -136,6 +137,12 @@ class StudyTunerMixin:
         if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
             oracle.max_trials = len(oracle.trials)
             self.ctx.progress.line(f"time budget reached: no new {self.ctx.family} trial")
+
+    def _build_hypermodel(self, hp: kt.HyperParameters) -> keras.Model:
+        # Keras-Tuner clears the Keras session before every build, which also resets the
+        # global dtype policy: set this family's precision again right before building.
+        keras.mixed_precision.set_global_policy(self.ctx.precision)
+        return super()._build_hypermodel(hp)
 
     def _build_and_fit_model(self, trial: kt.engine.trial.Trial, *args, **kwargs):
         hp = trial.hyperparameters

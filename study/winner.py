@@ -120,7 +120,7 @@ def finish_study(
         "trial": fam_info["trial"],
         "hyperparameters": win["hyperparameters"],
         "weights": fam_info["weights"],
-        "precision": win.get("precision", "float32"),
+        "dtype_policy": win.get("dtype_policy", "float32"),
         "validation": fam_info["val"],
         "test": fam_info["test"],
         "test_source": data.plan.test_source,

@@ -6,15 +6,19 @@ lives in temporary directories; only loopback addresses are used.
 
 from __future__ import annotations
 
+import base64
+import json
 import os
 import shutil
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -55,22 +59,56 @@ def make_tiny_winner(study_dir: Path) -> Path:
 # --------------------------------------------------------------------------- in-process
 
 
-class FakePublisher:
-    """Records job ids instead of talking to a broker (in-process API tests)."""
+def make_publisher(settings: Any) -> Any:
+    """The real :class:`service.queue.Publisher` over the Celery app built from ``settings``.
 
-    def __init__(self) -> None:
-        self.sent: list[str] = []
-        self.down = False
+    With the embedded default broker (Celery's SQLAlchemy transport over
+    ``DATA_DIR/broker.db``) messages are really published, and no server is needed.
+    """
+    from service.queue import Publisher, create_celery
 
-    def send(self, prediction_id: str) -> None:
-        from service.queue import BrokerUnavailable
+    return Publisher(create_celery(settings))
 
-        if self.down:
-            raise BrokerUnavailable("ConnectionRefusedError")
-        self.sent.append(prediction_id)
 
-    def ping(self) -> str | None:
-        return "broker unreachable (test)" if self.down else None
+def unreachable_broker_publisher(settings: Any) -> Any:
+    """A real Publisher whose broker is a loopback Redis port nothing listens on: sends are
+    refused by the OS (no flag); the settings' short timeouts and retry policy keep it fast."""
+    return make_publisher(
+        settings.model_copy(update={"broker_url": f"redis://127.0.0.1:{free_port()}/0"})
+    )
+
+
+def queued_prediction_ids(settings: Any) -> list[str]:
+    """Prediction ids of the task messages waiting in the embedded SQLite broker, oldest first.
+
+    Read straight from kombu's ``kombu_queue``/``kombu_message`` tables (nothing is consumed).
+    """
+    from service.queue import QUEUE, TASK_NAME
+
+    prefix = "sqla+sqlite:///"
+    assert settings.broker.startswith(prefix), settings.broker
+    path = Path(settings.broker.removeprefix(prefix))
+    if not path.exists():
+        return []
+    sql = (
+        "SELECT m.payload FROM kombu_message m JOIN kombu_queue q ON m.queue_id = q.id "
+        "WHERE q.name = ? AND m.visible ORDER BY m.id"
+    )
+    with closing(sqlite3.connect(path)) as conn:
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not {"kombu_queue", "kombu_message"} <= tables:  # nothing was ever published
+            return []
+        rows = conn.execute(sql, (QUEUE,)).fetchall()
+    ids = []
+    for (payload,) in rows:
+        msg = json.loads(payload)
+        assert msg["headers"]["task"] == TASK_NAME, msg["headers"]
+        body = msg["body"]
+        if msg["properties"].get("body_encoding") == "base64":
+            body = base64.b64decode(body)
+        args, _kwargs, _embed = json.loads(body)
+        ids.append(args[0])
+    return ids
 
 
 def make_settings(tmp: Path, **kw: Any) -> Any:

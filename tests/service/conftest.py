@@ -1,4 +1,4 @@
-"""Service fixtures: a tiny winner, in-process apps, and real stacks (SQLite; PostgreSQL+Redis)."""
+"""Service fixtures: a tiny winner, in-process apps (real SQLite broker), and real stacks."""
 
 from __future__ import annotations
 
@@ -10,12 +10,13 @@ from pathlib import Path
 import pytest
 from fastapi.testclient import TestClient
 
+from service.queue import Publisher
 from service.settings import Settings
 from tests.service_support import (
-    FakePublisher,
     Postgres,
     Redis,
     Stack,
+    make_publisher,
     make_settings,
     make_tiny_winner,
 )
@@ -55,12 +56,15 @@ def app_settings(tmp_path: Path) -> Settings:
 
 
 @pytest.fixture
-def publisher() -> FakePublisher:
-    return FakePublisher()
+def publisher(app_settings: Settings) -> Iterator[Publisher]:
+    """The real Publisher over the embedded broker: a SQLite file in the test's tmp dir."""
+    pub = make_publisher(app_settings)
+    yield pub
+    pub.app.close()
 
 
 @pytest.fixture
-def client(app_settings: Settings, publisher: FakePublisher) -> Iterator[TestClient]:
+def client(app_settings: Settings, publisher: Publisher) -> Iterator[TestClient]:
     from service.api import create_app
 
     with TestClient(create_app(app_settings, publisher), raise_server_exceptions=False) as c:

@@ -1,4 +1,4 @@
-"""The API in-process (TestClient, fake publisher): contract, limits, errors, security."""
+"""The API in-process (TestClient, real SQLite broker): contract, limits, errors, security."""
 
 from __future__ import annotations
 
@@ -8,16 +8,20 @@ from fastapi.testclient import TestClient
 
 from service.api import create_app
 from service.intake import sanitise_name
-from tests.service_support import API_KEY, FakePublisher, make_settings
+from service.settings import Settings
+from tests.service_support import (
+    API_KEY,
+    make_settings,
+    queued_prediction_ids,
+    unreachable_broker_publisher,
+)
 
 
-def test_upload_is_queued_with_status_url(
-    client: TestClient, publisher: FakePublisher, sample_jpeg
-):
+def test_upload_is_queued_with_status_url(client: TestClient, app_settings: Settings, sample_jpeg):
     r = client.post("/v1/predictions", files={"file": ("x.png", sample_jpeg, "image/png")})
     assert r.status_code == 202
     body = r.json()
-    assert body["status"] == "queued" and publisher.sent == [body["id"]]
+    assert body["status"] == "queued" and queued_prediction_ids(app_settings) == [body["id"]]
     assert r.headers["location"] == body["status_url"]
     got = client.get(body["status_url"]).json()
     assert set(got) >= {"id", "status", "created_at", "finished_at", "upload_id", "result"}
@@ -39,7 +43,7 @@ def test_missing_file_is_422(client: TestClient) -> None:
 
 def test_size_limit_413_from_body_and_from_header(tmp_path, sample_jpeg: bytes) -> None:
     s = make_settings(tmp_path, max_upload_bytes=10_000)
-    with TestClient(create_app(s, FakePublisher()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
         r = c.post(
             "/v1/predictions", files={"file": ("x.jpeg", sample_jpeg[:60_000], "image/jpeg")}
         )
@@ -49,15 +53,17 @@ def test_size_limit_413_from_body_and_from_header(tmp_path, sample_jpeg: bytes) 
 
 
 def test_broker_down_refuses_upload_and_leaves_no_queued_job(
-    client: TestClient, publisher: FakePublisher, sample_jpeg: bytes
+    app_settings: Settings, sample_jpeg: bytes
 ) -> None:
-    publisher.down = True
-    r = client.post("/v1/predictions", files={"file": ("x.jpeg", sample_jpeg, "image/jpeg")})
-    assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
-    ready = client.get("/readyz")
-    assert ready.status_code == 503 and ready.json()["checks"]["broker"] != "ok"
-    listing = client.get("/v1/uploads", headers={"X-API-Key": API_KEY}).json()
-    assert all(u["prediction"] is None for u in listing["items"])
+    down = unreachable_broker_publisher(app_settings)  # a real connection refusal
+    with TestClient(create_app(app_settings, down), raise_server_exceptions=False) as client:
+        r = client.post("/v1/predictions", files={"file": ("x.jpeg", sample_jpeg, "image/jpeg")})
+        assert r.status_code == 503 and r.json()["error"]["code"] == "broker_unavailable"
+        ready = client.get("/readyz")
+        assert ready.status_code == 503 and ready.json()["checks"]["broker"] != "ok"
+        listing = client.get("/v1/uploads", headers={"X-API-Key": API_KEY}).json()
+        assert all(u["prediction"] is None for u in listing["items"])
+    down.app.close()
 
 
 def test_readyz_names_missing_model(client: TestClient) -> None:
@@ -90,13 +96,13 @@ def test_label_validation_and_key(client: TestClient, sample_jpeg: bytes) -> Non
 def test_no_api_key_configured_refuses_everyone(tmp_path) -> None:
     s = make_settings(tmp_path)
     s = s.model_copy(update={"api_key": None})
-    with TestClient(create_app(s, FakePublisher())) as c:
+    with TestClient(create_app(s)) as c:
         assert c.get("/v1/uploads", headers={"X-API-Key": ""}).status_code == 401
         assert c.get("/v1/uploads", headers={"X-API-Key": "anything"}).status_code == 403
 
 
 def test_unhandled_error_is_json_without_traceback(tmp_path) -> None:
-    app = create_app(make_settings(tmp_path), FakePublisher())
+    app = create_app(make_settings(tmp_path))
 
     @app.get("/boom")
     def boom() -> None:
@@ -110,11 +116,11 @@ def test_unhandled_error_is_json_without_traceback(tmp_path) -> None:
 
 def test_cors_closed_by_default_and_open_when_configured(tmp_path) -> None:
     pre = {"Origin": "https://evil.example", "Access-Control-Request-Method": "POST"}
-    with TestClient(create_app(make_settings(tmp_path / "a"), FakePublisher())) as c:
+    with TestClient(create_app(make_settings(tmp_path / "a"))) as c:
         r = c.options("/v1/predictions", headers=pre)
         assert "access-control-allow-origin" not in r.headers
     s = make_settings(tmp_path / "b", cors_origins="https://ui.example")
-    with TestClient(create_app(s, FakePublisher())) as c:
+    with TestClient(create_app(s)) as c:
         ok = {**pre, "Origin": "https://ui.example"}
         assert (
             c.options("/v1/predictions", headers=ok).headers.get("access-control-allow-origin")
@@ -162,7 +168,7 @@ def test_database_unavailable_is_503_not_500(tmp_path, sample_jpeg: bytes) -> No
     from service.settings import Settings
 
     s = Settings(data_dir=tmp_path, database_url=None, api_key=API_KEY)  # never migrated
-    with TestClient(create_app(s, FakePublisher()), raise_server_exceptions=False) as c:
+    with TestClient(create_app(s), raise_server_exceptions=False) as c:
         r = c.post("/v1/predictions", files={"file": ("a.jpeg", sample_jpeg, "image/jpeg")})
         assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable"
         assert c.get("/readyz").json()["checks"]["database"] != "ok"

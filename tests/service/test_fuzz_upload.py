@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.api import create_app
-from tests.service_support import FakePublisher, make_settings
+from tests.service_support import make_publisher, make_settings
 
 OK = {202, 413, 415, 422}
 NAMES = st.sampled_from(["x.jpeg", "x.png", "x.dcm", "../../etc/passwd", "", "a\x00b.jpg", "é.png"])
@@ -25,8 +25,10 @@ FUZZ = settings(
 @pytest.fixture(scope="module")
 def fuzz_client(tmp_path_factory: pytest.TempPathFactory):
     s = make_settings(tmp_path_factory.mktemp("fuzz"), max_upload_bytes=2_000_000)
-    with TestClient(create_app(s, FakePublisher()), raise_server_exceptions=False) as c:
+    pub = make_publisher(s)  # accepted uploads are really published to the SQLite broker
+    with TestClient(create_app(s, pub), raise_server_exceptions=False) as c:
         yield c
+    pub.app.close()
 
 
 def png_header(width: int, height: int) -> bytes:

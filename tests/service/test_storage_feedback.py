@@ -11,7 +11,7 @@ from service.feedback import export_feedback, main
 from service.intake import create_job
 from service.storage import LocalStorage, Storage, StorageKeyError
 from study.preprocess import decode
-from tests.service_support import API_KEY, FakePublisher, make_settings
+from tests.service_support import API_KEY, make_settings
 
 
 def test_local_storage_is_content_addressed_and_refuses_odd_keys(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_export_feedback_kaggle_layout(tmp_path: Path, samples_dir: Path, full_r
         "unlabelled": create_job(db, storage, full_res_jpegs[1].read_bytes(), "c", "jpeg")[0],
     }
     key = {"X-API-Key": API_KEY}
-    with TestClient(create_app(s, FakePublisher())) as c:
+    with TestClient(create_app(s)) as c:
         c.put(f"/v1/uploads/{ids['jpeg']}/label", json={"label": "PNEUMONIA"}, headers=key)
         c.put(f"/v1/uploads/{ids['dcm']}/label", json={"label": "NORMAL"}, headers=key)
         out = tmp_path / "feedback"

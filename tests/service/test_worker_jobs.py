@@ -17,7 +17,7 @@ from service.intake import create_job
 from service.models import Prediction, utcnow
 from service.storage import LocalStorage
 from service.sweeper import Sweeper
-from tests.service_support import FakePublisher, make_settings
+from tests.service_support import make_publisher, make_settings, queued_prediction_ids
 
 PNG = b"\x89PNG\r\n\x1a\n-fake-heatmap"
 
@@ -49,12 +49,13 @@ class Reject:
 @pytest.fixture
 def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     s = make_settings(tmp_path, lease_seconds=30.0, requeue_after_seconds=60.0)
-    db, storage, pub = Database(s.db_url), LocalStorage(s.storage_root), FakePublisher()
+    db, storage, pub = Database(s.db_url), LocalStorage(s.storage_root), make_publisher(s)
     state = tasks.WorkerState(s, db, storage, FakeRuntime(), pub)  # type: ignore[arg-type]
     monkeypatch.setattr(tasks, "run_gate", lambda data, settings: Accept())
     client = TestClient(create_app(s, pub))
     yield state, client
     client.close()
+    pub.app.close()
     db.dispose()
 
 
@@ -138,5 +139,5 @@ def test_sweeper_resends_lost_jobs_and_beats(world) -> None:
     with state.db.session() as s:
         s.execute(update(Prediction).where(Prediction.id == expired).values(lease_until=old))
     Sweeper(state).beat_and_sweep()
-    assert sorted(state.publisher.sent) == sorted([queued_long_ago, expired])
+    assert sorted(queued_prediction_ids(state.settings)) == sorted([queued_long_ago, expired])
     assert client.get("/readyz").json()["checks"]["model"] == "ok"  # the heartbeat counts
