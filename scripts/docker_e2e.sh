@@ -12,17 +12,16 @@
 #
 # Environment: PNEUMOSCOPE_DATA_DIR / PNEUMOSCOPE_SAMPLES_DIR (default ../shared/data/...),
 # E2E_PER_CLASS (images per class in the data subset, default 60: the input gate needs 10+
-# validation images), STUDY_ARGS, E2E_API_PORT (default 18000), E2E_STORAGE_DRIVER (default
+# validation images), STUDY_ARGS, E2E_API_PORT (default: a free port), E2E_STORAGE_DRIVER (default
 # overlay2, falls back to vfs), E2E_KEEP=1 keeps the temp dir.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-REPO=$(pwd)
 
 SHARED=$(cd .. && pwd)/shared
 DATA_SRC=${PNEUMOSCOPE_DATA_DIR:-$SHARED/data/chest_xray}
 SAMPLES=${PNEUMOSCOPE_SAMPLES_DIR:-$SHARED/data/samples}
 PER_CLASS=${E2E_PER_CLASS:-60}
-API_PORT=${E2E_API_PORT:-18000}
+API_PORT=${E2E_API_PORT:-$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')}
 PROJECT=pneumoscope-e2e
 IMAGE=pneumoscope:e2e
 BASE=local/python-base:bookworm

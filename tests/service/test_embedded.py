@@ -41,7 +41,22 @@ def test_embedded_mode_serves_and_stops_its_worker(
             wait_for(lambda: c.get("/readyz").status_code == 200, 240, "embedded /readyz", 0.5)
             children = psutil.Process(proc.pid).children(recursive=True)
             assert children, "the embedded mode runs its worker as a child process"
-            pid = c.post("/v1/predictions", files={"file": ("x.jpeg", sample_jpeg)}).json()["id"]
+            # A 503 is the API's documented "refused cleanly, try again" (e.g. the SQLite
+            # broker busy on a loaded machine); a client retries it.
+            r = wait_for(
+                lambda: (
+                    (
+                        resp := c.post("/v1/predictions", files={"file": ("x.jpeg", sample_jpeg)})
+                    ).status_code
+                    != 503
+                    and resp
+                ),
+                60,
+                "an upload that is not refused with 503",
+                1.0,
+            )
+            assert r.status_code == 202, r.text
+            pid = r.json()["id"]
             done = wait_for(
                 lambda: (
                     (b := c.get(f"/v1/predictions/{pid}").json())["status"] != "queued"
