@@ -7,6 +7,7 @@ lives in temporary directories; only loopback addresses are used.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from contextlib import closing
 from pathlib import Path
 from typing import Any
@@ -238,6 +239,21 @@ class Postgres:
         if (data / "postmaster.pid").exists():
             self._run([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "-w", "stop"])
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def running_stack(prefix: str, env: dict[str, str], log_dir: Path) -> Iterator[Stack]:
+    """A migrated stack with its API and one worker up; everything stopped and removed after."""
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    stack = Stack(work, env, log_dir)
+    try:
+        stack.migrate()
+        stack.start_api()
+        stack.start_worker()
+        yield stack
+    finally:
+        stack.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
 
 class Stack:

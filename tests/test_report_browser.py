@@ -6,22 +6,12 @@ over file://, since the report is one self-contained file.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
 
 from study.report import write_report
-
-CHROMIUM = Path(os.environ.get("PNEUMOSCOPE_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]
 
@@ -50,7 +40,7 @@ def test_report_in_chromium(tiny_study: Path, artifacts_dir: Path) -> None:
         write_report(tiny_study)
     errors: list[str] = []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1400, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)

@@ -19,6 +19,7 @@ from tests.service_support import (
     make_publisher,
     make_settings,
     make_tiny_winner,
+    running_stack,
 )
 
 
@@ -84,16 +85,9 @@ def _log_dir(artifacts_dir: Path, backend: str) -> Path:
 @pytest.fixture(scope="session")
 def sqlite_stack(tiny_winner: Path, artifacts_dir: Path) -> Iterator[Stack]:
     """Embedded-mode backends: SQLite database + Celery's SQLite transport, real processes."""
-    work = Path(tempfile.mkdtemp(prefix="pneumoscope-sqlite-"))
-    stack = Stack(work, {"MODEL_PATH": str(tiny_winner)}, _log_dir(artifacts_dir, "sqlite"))
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    env = {"MODEL_PATH": str(tiny_winner)}
+    with running_stack("pneumoscope-sqlite-", env, _log_dir(artifacts_dir, "sqlite")) as stack:
         yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 import re
 import shutil
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,19 +20,11 @@ from typing import Any
 
 import pytest
 
-from tests.service_support import API_KEY, Stack
+from tests.conftest import CHROMIUM, CHROMIUM_ARGS
+from tests.service_support import API_KEY, Stack, running_stack
 
 pytestmark = [pytest.mark.browser, pytest.mark.services]
 
-CHROMIUM = Path(os.environ.get("PNEUMOSCOPE_CHROMIUM", "/usr/bin/chromium"))
-ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
 JOB_TIMEOUT_MS = 150_000  # upload -> done on a busy machine; the tiny model itself takes < 1 s
 # Runs before the page's own scripts (Playwright injects it; CSP does not apply to it), so a CSP
 # violation becomes a console error like any other.
@@ -47,18 +37,10 @@ document.addEventListener("securitypolicyviolation", (e) =>
 @pytest.fixture(scope="module")
 def ui_stack(tiny_winner: Path, artifacts_dir: Path) -> Iterator[Stack]:
     """This module's own service, so the review queue holds only what these tests uploaded."""
-    work = Path(tempfile.mkdtemp(prefix="pneumoscope-ui-"))
     logs = artifacts_dir / "service-logs" / "ui"
     shutil.rmtree(logs, ignore_errors=True)
-    stack = Stack(work, {"MODEL_PATH": str(tiny_winner)}, logs)
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    with running_stack("pneumoscope-ui-", {"MODEL_PATH": str(tiny_winner)}, logs) as stack:
         yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +49,7 @@ def chromium() -> Iterator[Any]:
     if not CHROMIUM.is_file():
         pytest.skip(f"LOUD SKIP: no Chromium at {CHROMIUM} (apt-get install chromium)")
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=ARGS)
+        browser = p.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         try:
             yield browser
         finally:
