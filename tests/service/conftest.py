@@ -125,22 +125,14 @@ def pg_redis_stack(
     tiny_winner: Path, redis_server: Redis, postgres_server: Postgres, artifacts_dir: Path
 ) -> Iterator[Stack]:
     """Production backends: PostgreSQL + Redis, real processes."""
-    work = Path(tempfile.mkdtemp(prefix="pneumoscope-pgredis-"))
     env = {
         "MODEL_PATH": str(tiny_winner),
         "DATABASE_URL": postgres_server.url,
         "BROKER_URL": redis_server.url,
         "BROKER_VISIBILITY_TIMEOUT": "30",
     }
-    stack = Stack(work, env, _log_dir(artifacts_dir, "pg_redis"))
-    try:
-        stack.migrate()
-        stack.start_api()
-        stack.start_worker()
+    with running_stack("pneumoscope-pgredis-", env, _log_dir(artifacts_dir, "pg_redis")) as stack:
         yield stack
-    finally:
-        stack.stop()
-        shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="session", params=["sqlite", "pg_redis"])
