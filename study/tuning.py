@@ -8,6 +8,7 @@ and progress lines.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import sys
@@ -163,6 +164,11 @@ class StudyTunerMixin:
         t0 = time.monotonic()
         model = self._try_build(hp)
         history = self.hypermodel.fit(hp, model, *args, **kwargs)
+        # Hyperband rebuilds a promoted trial from its predecessor's build config and
+        # best-epoch checkpoint; Keras-Tuner's own fit path writes the former, so do we.
+        Path(self._get_build_config_fname(trial.trial_id)).write_text(
+            json.dumps(model.get_build_config())
+        )
         seconds = time.monotonic() - t0
         probs = model.predict(self.ctx.val_ds, verbose=0).reshape(-1)
         model.save(trial_dir / "best.keras")

@@ -209,3 +209,23 @@ def test_budget_is_shared_equally(budget: int, fams: list[str], expected: list[i
     from study.runner import share_budget
 
     assert list(share_budget(budget, fams).values()) == expected
+
+
+def test_hyperband_promotes_trials(data_dir: Path, tmp_path: Path) -> None:
+    """Hyperband continues promoted trials from their predecessor's checkpoint."""
+    args = tiny_study_args(data_dir, tmp_path, name="hb", budget=4)
+    args[args.index("--families") + 1] = "custom_cnn"
+    args[args.index("--tuner") + 1] = "hyperband"
+    args[args.index("--max-epochs") + 1] = "3"
+    args[args.index("--steps-per-epoch") + 1] = "3"
+    out = _run(["run_study.py", *args], timeout=900)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    trials = [
+        json.loads(p.read_text())
+        for p in (tmp_path / "results/hb/trials").glob("*/*.json")
+        if p.name == "trial.json"
+    ]
+    assert len(trials) == 4
+    promoted = [t for t in trials if "tuner/trial_id" in t["hyperparameters"]]
+    assert promoted, "no trial was promoted to a later Hyperband round"
+    assert all(t["hyperparameters"]["tuner/epochs"] > 1 for t in promoted)
