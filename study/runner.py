@@ -136,13 +136,19 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         train_ds = train_dataset(
             data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
         )
-        tuner.search(
-            train_ds,
-            steps_per_epoch=steps,
-            epochs=cfg.max_epochs,
-            validation_data=val_ds,
-            verbose=cfg.verbose,
-        )
+        try:
+            tuner.search(
+                train_ds,
+                steps_per_epoch=steps,
+                epochs=cfg.max_epochs,
+                validation_data=val_ds,
+                verbose=cfg.verbose,
+            )
+        except RuntimeError as exc:  # Keras-Tuner gives up after repeated trial failures
+            if "consecutive failures" not in str(exc):
+                raise
+            skipped[fam] = f"stopped after repeated trial failures ({exc}); see the log above"
+            print(f"family {fam}: FAILED - {skipped[fam]}", file=sys.stderr, flush=True)
         tf.keras.backend.clear_session()
     if role not in ("single", "chief"):
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
