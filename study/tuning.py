@@ -177,7 +177,8 @@ class StudyTunerMixin:
             family=self.ctx.family,
             trial_id=trial.trial_id,
             hyperparameters=dict(hp.values),
-            epochs_planned=epochs,
+            # A promoted Hyperband trial continues from its predecessor at initial_epoch.
+            epochs_planned=epochs - int(kwargs.get("initial_epoch", 0)),
             seconds=seconds,
             params=int(model.count_params()),
             val_paths=self.ctx.val_paths,

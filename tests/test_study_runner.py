@@ -229,3 +229,6 @@ def test_hyperband_promotes_trials(data_dir: Path, tmp_path: Path) -> None:
     promoted = [t for t in trials if "tuner/trial_id" in t["hyperparameters"]]
     assert promoted, "no trial was promoted to a later Hyperband round"
     assert all(t["hyperparameters"]["tuner/epochs"] > 1 for t in promoted)
+    for t in promoted:  # it trains only the epochs after its predecessor's
+        hp = t["hyperparameters"]
+        assert t["epochs_planned"] == hp["tuner/epochs"] - hp["tuner/initial_epoch"]
