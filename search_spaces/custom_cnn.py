@@ -134,25 +134,24 @@ def _downsample(x: Any, how: str, name: str) -> Any:
     return keras.layers.AveragePooling2D(2, name=f"{name}_pool")(x)
 
 
+def _enter_block(x: Any, down: bool, how: str, name: str) -> tuple[Any, int]:
+    """Downsample on entry by pooling, or hand back stride 2 for the block's first conv."""
+    if not down:
+        return x, 1
+    if how == "stride":
+        return x, 2
+    return _downsample(x, how, name), 1
+
+
 def _plain_block(x: Any, filters: int, kernel: int, down: bool, how: str, name: str) -> Any:
-    strides = 1
-    if down:
-        if how == "stride":
-            strides = 2
-        else:
-            x = _downsample(x, how, name)
+    x, strides = _enter_block(x, down, how, name)
     x = _conv_bn_relu(x, filters, kernel, strides, f"{name}_a")
     return _conv_bn_relu(x, filters, kernel, 1, f"{name}_b")
 
 
 def _residual_block(x: Any, filters: int, kernel: int, down: bool, how: str, name: str) -> Any:
     """Post-activation basic block; projection shortcut when shape changes."""
-    strides = 1
-    if down:
-        if how == "stride":
-            strides = 2
-        else:
-            x = _downsample(x, how, name)
+    x, strides = _enter_block(x, down, how, name)
     shortcut = x
     y = _conv_bn_relu(x, filters, kernel, strides, f"{name}_a")
     y = keras.layers.Conv2D(filters, kernel, padding="same", use_bias=False, name=f"{name}_b_conv")(

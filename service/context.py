@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import hmac
+import re
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
 
@@ -42,3 +43,16 @@ def require_api_key(
 
 
 ApiKey = Depends(require_api_key)
+
+
+_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+def get_or_404(ctx: AppContext, model: Any, row_id: str, what: str) -> Any:
+    """The row with this server-made id, or a JSON 404 (malformed ids never reach the DB)."""
+    if _ID.match(row_id):
+        with ctx.db.session() as s:
+            row = s.get(model, row_id)
+        if row is not None:
+            return row
+    raise ApiError(404, "not_found", f"no such {what}")

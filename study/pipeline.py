@@ -10,30 +10,14 @@ no augmentation, no oversampling.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
 
 import numpy as np
 import tensorflow as tf
 
+from study.config import AugmentConfig
 from study.preprocess import scale
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of the on-the-fly augmentation; they model the exposure and positioning
-    differences between devices (the official test split differs from train in both)."""
-
-    rotation_deg: float = 8.0
-    shift: float = 0.06  # fraction of the image side
-    zoom: float = 0.10  # +-10 %
-    brightness: float = 0.10  # additive, on [0, 1] images
-    contrast: float = 0.25  # multiplicative around the mean: [1-c, 1+c]
-    gamma: float = 0.30  # gamma in [1-g, 1+g]
-    noise_std: float = 0.0  # Gaussian noise std; off by default: it halves pipeline speed
-    blur_prob: float = 0.0  # probability of a 3x3 box blur per image (0 = off)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
+DEFAULT_AUGMENT = AugmentConfig()
 
 
 def _affine_matrices(batch: int, size: int, cfg: AugmentConfig, seeds: tf.Tensor) -> tf.Tensor:
@@ -87,7 +71,7 @@ def train_dataset(
     labels: np.ndarray,
     batch_size: int,
     seed: int,
-    augment: AugmentConfig | None = AugmentConfig(),
+    augment: AugmentConfig | None = DEFAULT_AUGMENT,
 ) -> tf.data.Dataset:
     """An endless, class-balanced, augmented stream of (x, y) batches.
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from service import intake
-from service.context import Ctx
+from service.context import Ctx, get_or_404
 from service.errors import ApiError
 from service.gate import format_check
 from service.models import Prediction
@@ -19,7 +18,6 @@ from service.storage import StorageKeyError
 from study.preprocess import sniff_format
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
-_ID = re.compile(r"^[0-9a-f]{32}$")
 CHUNK = 1 << 20
 # Gate codes that the request path may answer with, and their HTTP status.
 FORMAT_STATUS = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
@@ -38,13 +36,7 @@ def read_limited(file: UploadFile, limit: int) -> bytes:
 
 
 def _load(ctx: Ctx, prediction_id: str) -> Prediction:
-    if not _ID.match(prediction_id):
-        raise ApiError(404, "not_found", "no such prediction")
-    with ctx.db.session() as s:
-        p = s.get(Prediction, prediction_id)
-    if p is None:
-        raise ApiError(404, "not_found", "no such prediction")
-    return p
+    return get_or_404(ctx, Prediction, prediction_id, "prediction")
 
 
 @router.post("", status_code=202, response_model=Accepted)

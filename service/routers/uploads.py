@@ -6,29 +6,23 @@ shows every user's uploads.
 
 from __future__ import annotations
 
-import re
-
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 from sqlalchemy import func, select
 
-from service.context import ApiKey, Ctx
+from service.context import ApiKey, Ctx, get_or_404
 from service.errors import ApiError
 from service.models import Label, Prediction, Upload, utcnow
 from service.preview import preview_png
 from service.schemas import LabelIn, LabelOut, UploadList, UploadStats, upload_out
 
 router = APIRouter(prefix="/v1/uploads", tags=["uploads"], dependencies=[ApiKey])
-_ID = re.compile(r"^[0-9a-f]{32}$")
 
 
 @router.put("/{upload_id}/label", response_model=LabelOut)
 def put_label(ctx: Ctx, upload_id: str, body: LabelIn) -> LabelOut:
-    if not _ID.match(upload_id):
-        raise ApiError(404, "not_found", "no such upload")
+    get_or_404(ctx, Upload, upload_id, "upload")
     with ctx.db.session() as s:
-        if s.get(Upload, upload_id) is None:
-            raise ApiError(404, "not_found", "no such upload")
         row = s.execute(select(Label).where(Label.upload_id == upload_id)).scalar_one_or_none()
         now = utcnow()
         if row is None:
@@ -91,12 +85,7 @@ def list_uploads(
 @router.get("/{upload_id}/image.png", response_class=Response)
 def get_image(ctx: Ctx, upload_id: str) -> Response:
     """The upload as a grey PNG preview (DICOMs included), for the reviewer page."""
-    if not _ID.match(upload_id):
-        raise ApiError(404, "not_found", "no such upload")
-    with ctx.db.session() as s:
-        up = s.get(Upload, upload_id)
-    if up is None:
-        raise ApiError(404, "not_found", "no such upload")
+    up = get_or_404(ctx, Upload, upload_id, "upload")
     png = preview_png(ctx.storage.get(up.storage_key), ctx.settings.max_pixels)
     if png is None:
         raise ApiError(422, "not_an_image", "this upload cannot be shown as an image")
