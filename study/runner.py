@@ -108,9 +108,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
         flush=True,
     )
-    progress = StudyProgress(
-        total_trials=sum(shares.values()), done=len(load_trials(cfg.study_dir))
-    )
+    progress = StudyProgress.resume(sum(shares.values()), load_trials(cfg.study_dir))
     deadline = t0 + cfg.time_budget * 60 if cfg.time_budget else None
     val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)

@@ -48,11 +48,27 @@ class StudyProgress:
     best: float = float("nan")
     best_label: str = ""
     stream: Any = sys.stdout
+    resumed: int = 0  # trials finished before this run; the ETA uses this run's pace only
+
+    @classmethod
+    def resume(cls, total_trials: int, finished: list[dict[str, Any]]) -> StudyProgress:
+        """Carry count and best over from a killed run, so a rerun's lines stay truthful."""
+        p = cls(total_trials, done=len(finished), resumed=len(finished))
+        for t in finished:
+            p.record(t)
+        return p
+
+    def record(self, summary: dict[str, Any]) -> float:
+        auc = float(summary["val"].get("auc", float("nan")))
+        if np.isnan(self.best) or auc > self.best:
+            self.best, self.best_label = auc, f"{summary['family']}#{summary['trial_id']}"
+        return auc
 
     def eta(self) -> str:
-        if self.done == 0:
+        ran = self.done - self.resumed
+        if ran <= 0:
             return "?"
-        per = (time.monotonic() - self.start) / self.done
+        per = (time.monotonic() - self.start) / ran
         return _fmt_time(per * max(0, self.total_trials - self.done))
 
     def line(self, text: str) -> None:
@@ -194,9 +210,7 @@ class StudyTunerMixin:
     def _count(self, summary: dict) -> None:
         p = self.ctx.progress
         p.done += 1
-        auc = float(summary["val"].get("auc", float("nan")))
-        if np.isnan(p.best) or auc > p.best:
-            p.best, p.best_label = auc, f"{summary['family']}#{summary['trial_id']}"
+        auc = p.record(summary)
         p.line(
             f"trial {p.done}/{p.total_trials} {summary['family']}#{summary['trial_id']} done: "
             f"val_auc={auc:.4f} epochs={summary['epochs_run']} ({summary['verdict']}) "

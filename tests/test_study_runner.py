@@ -149,6 +149,12 @@ def test_study_resumes_after_kill(data_dir: Path, tmp_path: Path) -> None:
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "resuming study" in out.stdout
     assert first.stat().st_mtime_ns == first_mtime, "a finished trial was rerun"
+    # The progress lines carry the count and best-so-far over from the killed run.
+    first_auc = json.loads(first.read_text())["val"]["auc"]
+    lines = [ln for ln in out.stdout.splitlines() if ln.startswith("trial ")]
+    assert lines and all(ln.startswith("trial 2/2 ") for ln in lines), lines
+    shown = [float(ln.split(" best=")[1].split()[0]) for ln in lines]
+    assert min(shown) >= round(first_auc, 4) - 1e-4, (first_auc, lines)
     epochs = [line.split(",")[0] for line in second_hist.read_text().splitlines()[1:]]
     assert epochs == ["0", "1", "2"], f"killed trial did not continue where it was: {epochs}"
     assert (study / "winner" / "saved_model.pb").is_file()
