@@ -73,10 +73,47 @@ def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return best
 
 
+def model_info(
+    cfg: StudyConfig,
+    data: StudyData,
+    trial: dict[str, Any],
+    fam_info: dict[str, Any],
+    skipped: dict[str, str],
+) -> dict[str, Any]:
+    """What winner.json records for one exported model: enough to reload, rescore and trace it."""
+    fam = trial["family"]
+    return {
+        "study": cfg.name,
+        "version": f"{cfg.name}-{fam}-{trial['trial_id']}-{data.fingerprint[:8]}",
+        "class_names": list(CLASS_NAMES),
+        "threshold": fam_info["threshold"],
+        "threshold_rule": fam_info["threshold_rule"],
+        "preprocess": cfg.preprocess.to_dict(),
+        "image_size": cfg.image_size,
+        "input": "float32 (N, S, S, 1) in [0, 1] from study.preprocess.load_for_model",
+        "family": fam,
+        "trial": fam_info["trial"],
+        "hyperparameters": trial["hyperparameters"],
+        "weights": fam_info["weights"],
+        "dtype_policy": trial.get("dtype_policy", "float32"),
+        "validation": fam_info["val"],
+        "test": fam_info["test"],
+        "test_source": data.plan.test_source,
+        "selection": "best validation ROC-AUC over all trials; the test split was used only "
+        "to evaluate, never to select a model or a threshold",
+        "data_fingerprint": data.fingerprint,
+        "split_sizes": data.plan.sizes(),
+        "skipped_families": skipped,
+        "packages": package_versions(),
+        "seed": cfg.seed,
+    }
+
+
 def finish_study(
     cfg: StudyConfig, data: StudyData, skipped: dict[str, str], weights_used: dict[str, str]
 ) -> dict[str, Any]:
-    """Evaluate each family's best; export the overall best as the winner."""
+    """Evaluate and export each family's best, so families can be compared on any data;
+    export the overall best (by validation only) as the winner."""
     study_dir = cfg.study_dir
     trials = load_trials(study_dir)
     if not trials:
@@ -91,8 +128,9 @@ def finish_study(
             predict(model, data.test, cfg.batch_size),
         )
         threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
-        write_predictions(study_dir / "families" / fam / "val_predictions.csv", data.val, val_p)
-        write_predictions(study_dir / "families" / fam / "test_predictions.csv", data.test, test_p)
+        fam_dir = study_dir / "families" / fam
+        write_predictions(fam_dir / "val_predictions.csv", data.val, val_p)
+        write_predictions(fam_dir / "test_predictions.csv", data.test, test_p)
         families[fam] = {
             "trial": f"{fam}-{t['trial_id']}",
             "threshold": threshold,
@@ -103,35 +141,11 @@ def finish_study(
             else {},
             "weights": weights_used.get(fam, "none (trained from scratch)"),
         }
+        # families/<fam>/winner/ is this family's best, loadable like the winner itself.
+        export_winner(model, model_info(cfg, data, t, families[fam], skipped), fam_dir)
         models[fam] = model
     win_fam = max(bests, key=lambda f: objective(bests[f]))
-    win = bests[win_fam]
-    fam_info = families[win_fam]
-    info = {
-        "study": cfg.name,
-        "version": f"{cfg.name}-{win_fam}-{win['trial_id']}-{data.fingerprint[:8]}",
-        "class_names": list(CLASS_NAMES),
-        "threshold": fam_info["threshold"],
-        "threshold_rule": fam_info["threshold_rule"],
-        "preprocess": cfg.preprocess.to_dict(),
-        "image_size": cfg.image_size,
-        "input": "float32 (N, S, S, 1) in [0, 1] from study.preprocess.load_for_model",
-        "family": win_fam,
-        "trial": fam_info["trial"],
-        "hyperparameters": win["hyperparameters"],
-        "weights": fam_info["weights"],
-        "dtype_policy": win.get("dtype_policy", "float32"),
-        "validation": fam_info["val"],
-        "test": fam_info["test"],
-        "test_source": data.plan.test_source,
-        "selection": "best validation ROC-AUC over all trials; the test split was used only "
-        "to evaluate, never to select a model or a threshold",
-        "data_fingerprint": data.fingerprint,
-        "split_sizes": data.plan.sizes(),
-        "skipped_families": skipped,
-        "packages": package_versions(),
-        "seed": cfg.seed,
-    }
+    info = model_info(cfg, data, bests[win_fam], families[win_fam], skipped)
     export_winner(models[win_fam], info, study_dir)
     summary = {"winner": info, "families": families, "skipped": skipped, "n_trials": len(trials)}
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))

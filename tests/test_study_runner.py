@@ -31,6 +31,8 @@ def test_tiny_study_writes_everything(tiny_study: Path) -> None:
         "winner.json",
         "winner.keras",
         "winner/saved_model.pb",
+        "families/custom_cnn/winner/saved_model.pb",
+        "families/custom_cnn/winner.json",
         "figures/samples.png",
     ):
         assert (tiny_study / name).exists(), name
