@@ -29,7 +29,7 @@ import numpy as np
 
 from study import report_figures as rf
 from study import stats
-from study.trial_log import VERDICT_RULE, load_trials, read_history
+from study.trial_log import VERDICT_RULE, fit_verdict, load_trials, read_history
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "report_templates"
@@ -159,6 +159,11 @@ def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict
     for t in trials:
         tid = f"{t['family']}-{t['trial_id']}"
         hist = read_history(Path(t["dir"]) / "history.csv")
+        # Judge from the curves with the rule quoted in the report, not the one stored at
+        # training time, so the leaderboard and its stated rule always agree.
+        verdict, reason = (
+            fit_verdict(hist) if hist else (t.get("verdict", "-"), t.get("verdict_reason", ""))
+        )
         curve = None
         if hist:
             png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
@@ -191,8 +196,8 @@ def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict
                 "seconds": t.get("seconds"),
                 "time": _fmt_seconds(t.get("seconds")),
                 "params": t.get("params"),
-                "verdict": t.get("verdict", "-"),
-                "verdict_reason": t.get("verdict_reason", ""),
+                "verdict": verdict,
+                "verdict_reason": reason,
                 "curve": curve,
             }
         )

@@ -11,6 +11,8 @@ import numpy as np
 
 # The rule behind the verdict, stated once so the report can quote it.
 VERDICT_RULE = (
+    "no signal: the best val AUC is below 0.60, so the model barely separates the classes "
+    "(a collapsed, near-constant output gives 0.50); "
     "overfitting: after the best epoch, val loss rose more than 10% above its minimum while "
     "train loss kept falling, or train AUC exceeds val AUC by more than 0.05 at the best epoch; "
     "underfitting: the best val AUC and the train AUC are both below 0.90; otherwise good fit. "
@@ -33,11 +35,19 @@ def read_history(csv_path: Path) -> list[dict[str, float]]:
 
 
 def fit_verdict(history: list[dict[str, float]]) -> tuple[str, str]:
-    """('overfitting' | 'underfitting' | 'good fit' | 'too short', reason) from the curves."""
+    """('no signal' | 'overfitting' | 'underfitting' | 'good fit' | 'too short', reason).
+
+    "No signal" comes first: a train/val gap says nothing about a model whose validation
+    output does not separate the classes at all.
+    """
     if len(history) < 2:
         return "too short", "fewer than 2 epochs: no curve to judge"
     val_auc = np.array([h.get("val_auc", np.nan) for h in history])
     best = int(np.nanargmax(val_auc))
+    if val_auc[best] < 0.60:
+        return "no signal", (
+            f"best val AUC {val_auc[best]:.3f}: validation outputs barely separate the classes"
+        )
     val_loss = np.array([h.get("val_loss", np.nan) for h in history])
     loss = np.array([h.get("loss", np.nan) for h in history])
     tail = slice(best + 1, None)

@@ -240,3 +240,20 @@ def test_hyperband_promotes_trials(data_dir: Path, tmp_path: Path) -> None:
     for t in promoted:  # it trains only the epochs after its predecessor's
         hp = t["hyperparameters"]
         assert t["epochs_planned"] == hp["tuner/epochs"] - hp["tuner/initial_epoch"]
+
+
+@pytest.mark.parametrize(
+    ("rows", "expected"),
+    [
+        ([{"auc": 0.95, "val_auc": 0.50}, {"auc": 0.99, "val_auc": 0.50}], "no signal"),
+        ([{"auc": 0.99, "val_auc": 0.90}, {"auc": 0.999, "val_auc": 0.91}], "overfitting"),
+        ([{"auc": 0.70, "val_auc": 0.75}, {"auc": 0.80, "val_auc": 0.80}], "underfitting"),
+        ([{"auc": 0.97, "val_auc": 0.96}, {"auc": 0.98, "val_auc": 0.97}], "good fit"),
+        ([{"auc": 0.97, "val_auc": 0.96}], "too short"),
+    ],
+)
+def test_fit_verdict_follows_its_rule(rows: list[dict[str, float]], expected: str) -> None:
+    from study.trial_log import fit_verdict
+
+    hist = [{"loss": 0.5 - 0.1 * i, "val_loss": 0.5, **r} for i, r in enumerate(rows)]
+    assert fit_verdict(hist)[0] == expected
