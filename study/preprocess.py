@@ -8,7 +8,9 @@ an X-ray after each one (:func:`steps`).
 Steps and why they help here
 ----------------------------
 1. ``decode``: JPEG/PNG (8- or 16-bit, grey or colour) through OpenCV, DICOM
-   through :mod:`study.dicom`. Bytes are trusted, never file extensions.
+   through :mod:`study.dicom`. Bytes are trusted, never file extensions. An
+   EXIF orientation tag (phone photos of films) is applied, so the lungs are
+   upright as the viewer saw them; none of the training JPEGs carry one.
 2. ``to_grayscale``: X-rays carry one channel; colour copies (RGB JPEGs from
    other repos) are collapsed so the model never learns from colour casts.
 3. ``window``: robust min-max (0.5th-99.5th percentile) to 8 bits. It makes
@@ -114,7 +116,38 @@ def decode(data: bytes, max_pixels: int = 60_000_000) -> Decoded:
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
     if arr is None or arr.size == 0:
         raise ImageDecodeError(f"corrupt or truncated {fmt.upper()} data")
-    return Decoded(arr, fmt, {"bit_depth": 16 if arr.dtype == np.uint16 else 8})
+    orientation = exif_orientation(data)
+    meta = {"bit_depth": 16 if arr.dtype == np.uint16 else 8, "exif_orientation": orientation}
+    return Decoded(apply_orientation(arr, orientation), fmt, meta)
+
+
+def exif_orientation(data: bytes) -> int:
+    """The EXIF orientation tag (1-8; 1 = as stored). OpenCV's IMREAD_UNCHANGED ignores it."""
+    import io
+
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(io.BytesIO(data)) as im:  # reads the header only
+            value = im.getexif().get(0x0112, 1)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError):
+        return 1
+    return int(value) if value in range(1, 9) else 1
+
+
+def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
+    """Turn stored pixels upright for an EXIF orientation (the TIFF/EXIF 6.0 table)."""
+    ops = {
+        2: lambda a: a[:, ::-1],
+        3: lambda a: a[::-1, ::-1],
+        4: lambda a: a[::-1],
+        5: lambda a: a.swapaxes(0, 1),
+        6: lambda a: np.rot90(a, -1),
+        7: lambda a: a[::-1, ::-1].swapaxes(0, 1),
+        8: lambda a: np.rot90(a, 1),
+    }
+    op = ops.get(orientation)
+    return np.ascontiguousarray(op(pixels)) if op else pixels
 
 
 def _header_size(data: bytes, fmt: str) -> tuple[int, int]:

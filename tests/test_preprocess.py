@@ -122,3 +122,26 @@ def test_clahe_evens_out_exposure() -> None:
         np.abs(a.astype(int) - b.astype(int)).mean()
         < np.abs(base.astype(int) - dark.astype(int)).mean()
     )
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG"])
+def test_exif_orientation_is_applied_like_pillow(orientation: int, fmt: str) -> None:
+    """Every EXIF orientation gives the pixels Pillow's reference exif_transpose gives."""
+    import io
+
+    from PIL import Image, ImageOps
+
+    rng = np.random.default_rng(orientation)
+    stored = np.kron(rng.integers(0, 256, (6, 9)), np.ones((8, 8))).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buf = io.BytesIO()
+    Image.fromarray(stored).save(buf, fmt, exif=exif, **({"quality": 95} if fmt == "JPEG" else {}))
+    data = buf.getvalue()
+    decoded = pp.decode(data)
+    assert decoded.meta["exif_orientation"] == orientation
+    expected = np.asarray(ImageOps.exif_transpose(Image.open(io.BytesIO(data))).convert("L"))
+    got = pp.to_grayscale(decoded.pixels)
+    assert got.shape == expected.shape
+    assert np.abs(got.astype(int) - expected.astype(int)).mean() <= (0 if fmt == "PNG" else 3)
