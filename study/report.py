@@ -580,7 +580,9 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": len(board["rows"]),
-        "study_seconds": _fmt_seconds((summary or {}).get("seconds")),
+        "study_seconds": _fmt_seconds(
+            (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
+        ),
     }
 
 

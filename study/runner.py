@@ -154,7 +154,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     from study.winner import finish_study
 
     summary = finish_study(cfg, data, skipped, used)
-    summary["seconds"] = time.monotonic() - t0
+    summary["seconds"] = time.monotonic() - t0  # this run only
+    # A resumed study's true cost: the training time of every trial, whichever run did it.
+    summary["trial_seconds"] = sum(t.get("seconds", 0.0) for t in load_trials(cfg.study_dir))
     (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     w = summary["winner"]
     print(
@@ -174,5 +176,9 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
             file=sys.stderr,
             flush=True,
         )
-    print(f"done in {summary['seconds'] / 60:.1f} min: {cfg.study_dir}", flush=True)
+    print(
+        f"done in {summary['seconds'] / 60:.1f} min this run; its {summary['n_trials']} trials "
+        f"trained for {summary['trial_seconds'] / 60:.1f} min over all runs: {cfg.study_dir}",
+        flush=True,
+    )
     return summary

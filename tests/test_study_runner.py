@@ -61,6 +61,7 @@ def test_tiny_study_writes_everything(tiny_study: Path) -> None:
     assert (trials[0].parent / "history.csv").is_file()
     assert (trials[0].parent / "val_predictions.csv").is_file()
     summary = json.loads((tiny_study / "summary.json").read_text())
+    assert summary["trial_seconds"] > 0 and summary["n_trials"] == 2
     # No ImageNet weights in the test's weights dir: both transfer families are skipped, loudly.
     assert set(summary["skipped"]) == {"resnet", "efficientnet"}
     assert all("weights" in reason for reason in summary["skipped"].values())
