@@ -161,15 +161,17 @@ def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict
         hist = read_history(Path(t["dir"]) / "history.csv")
         # Judge from the curves with the rule quoted in the report, not the one stored at
         # training time, so the leaderboard and its stated rule always agree.
+        exact = _exact_val_auc(Path(t["dir"]) / "val_predictions.csv")
         verdict, reason = (
-            fit_verdict(hist) if hist else (t.get("verdict", "-"), t.get("verdict_reason", ""))
+            fit_verdict(hist, exact)
+            if hist
+            else (t.get("verdict", "-"), t.get("verdict_reason", ""))
         )
         curve = None
         if hist:
             png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
             curve = rf.data_uri(png)
         val = t.get("val", {})
-        exact = _exact_val_auc(Path(t["dir"]) / "val_predictions.csv")
         run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
         if t.get("stopped_early"):
             stop = f"stopped at epoch {run} of {planned}; kept epoch {t.get('best_epoch')}"

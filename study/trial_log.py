@@ -11,8 +11,8 @@ import numpy as np
 
 # The rule behind the verdict, stated once so the report can quote it.
 VERDICT_RULE = (
-    "no signal: the best val AUC is below 0.60, so the model barely separates the classes "
-    "(a collapsed, near-constant output gives 0.50); "
+    "no signal: the exact val AUC of the kept model is below 0.60, so it barely separates "
+    "the classes (a collapsed, near-constant output gives 0.50); "
     "overfitting: after the best epoch, val loss rose more than 10% above its minimum while "
     "train loss kept falling, or train AUC exceeds val AUC by more than 0.05 at the best epoch; "
     "underfitting: the best val AUC and the train AUC are both below 0.90; otherwise good fit. "
@@ -34,19 +34,23 @@ def read_history(csv_path: Path) -> list[dict[str, float]]:
     return [rows[e] for e in sorted(rows)]
 
 
-def fit_verdict(history: list[dict[str, float]]) -> tuple[str, str]:
+def fit_verdict(history: list[dict[str, float]], exact_auc: float | None = None) -> tuple[str, str]:
     """('no signal' | 'overfitting' | 'underfitting' | 'good fit' | 'too short', reason).
 
     "No signal" comes first: a train/val gap says nothing about a model whose validation
-    output does not separate the classes at all.
+    output does not separate the classes at all. It is judged on ``exact_auc`` (from the
+    kept model's saved validation predictions) when given: Keras' binned AUC reads 0.5
+    when every probability bunches above its top threshold, even for a model that ranks
+    well.
     """
     if len(history) < 2:
         return "too short", "fewer than 2 epochs: no curve to judge"
     val_auc = np.array([h.get("val_auc", np.nan) for h in history])
     best = int(np.nanargmax(val_auc))
-    if val_auc[best] < 0.60:
+    signal = val_auc[best] if exact_auc is None or np.isnan(exact_auc) else exact_auc
+    if signal < 0.60:
         return "no signal", (
-            f"best val AUC {val_auc[best]:.3f}: validation outputs barely separate the classes"
+            f"val AUC {signal:.3f}: validation outputs barely separate the classes"
         )
     val_loss = np.array([h.get("val_loss", np.nan) for h in history])
     loss = np.array([h.get("loss", np.nan) for h in history])
@@ -93,8 +97,8 @@ def write_trial(
 ) -> dict[str, Any]:
     """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
     history = read_history(trial_dir / "history.csv")
-    verdict, reason = fit_verdict(history)
     exact_auc = exact_roc_auc(val_labels, val_probs)
+    verdict, reason = fit_verdict(history, exact_auc)
     val_auc = [h.get("val_auc", float("nan")) for h in history]
     best = int(np.nanargmax(val_auc)) if history else -1
     summary = {

@@ -258,3 +258,13 @@ def test_fit_verdict_follows_its_rule(rows: list[dict[str, float]], expected: st
 
     hist = [{"loss": 0.5 - 0.1 * i, "val_loss": 0.5, **r} for i, r in enumerate(rows)]
     assert fit_verdict(hist)[0] == expected
+
+
+def test_binned_auc_of_half_is_not_no_signal_when_the_model_ranks_well() -> None:
+    """Keras' binned AUC reads 0.5 when all probabilities bunch near 1; the exact AUC decides."""
+    from study.trial_log import fit_verdict
+
+    hist = [{"loss": 0.4, "val_loss": 0.5, "auc": 0.97, "val_auc": 0.5}] * 2
+    assert fit_verdict(hist)[0] == "no signal"
+    assert fit_verdict(hist, exact_auc=0.959)[0] != "no signal"
+    assert fit_verdict(hist, exact_auc=0.52)[0] == "no signal"
