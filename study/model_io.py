@@ -37,6 +37,18 @@ def export_winner(model: Any, info: dict[str, Any], study_dir: Path) -> Path:
     return saved
 
 
+def copy_export(src_dir: Path, dst_dir: Path) -> Path:
+    """Copy an export_winner() output (winner/, winner.keras, winner.json) to dst_dir."""
+    src_dir, dst_dir = Path(src_dir), Path(dst_dir)
+    saved = dst_dir / "winner"
+    if saved.exists():
+        shutil.rmtree(saved)
+    shutil.copytree(src_dir / "winner", saved)
+    for name in ("winner.keras", INFO_NAME):
+        shutil.copy2(src_dir / name, dst_dir / name)
+    return saved
+
+
 def _json_default(o: Any) -> Any:
     if isinstance(o, np.generic):
         return o.item()

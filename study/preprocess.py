@@ -32,6 +32,7 @@ Steps and why they help here
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
@@ -123,8 +124,6 @@ def decode(data: bytes, max_pixels: int = 60_000_000) -> Decoded:
 
 def exif_orientation(data: bytes) -> int:
     """The EXIF orientation tag (1-8; 1 = as stored). OpenCV's IMREAD_UNCHANGED ignores it."""
-    import io
-
     from PIL import Image, UnidentifiedImageError
 
     try:

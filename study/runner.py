@@ -154,9 +154,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     from study.winner import finish_study
 
     summary = finish_study(cfg, data, skipped, used)
-    summary["seconds"] = time.monotonic() - t0  # this run only
-    # A resumed study's true cost: the training time of every trial, whichever run did it.
-    summary["trial_seconds"] = sum(t.get("seconds", 0.0) for t in load_trials(cfg.study_dir))
+    summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
     (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     w = summary["winner"]
     print(

@@ -16,7 +16,7 @@ from study import stats
 from study.config import StudyConfig
 from study.data import CLASS_NAMES
 from study.datasets import SplitArrays, StudyData
-from study.model_io import export_winner
+from study.model_io import copy_export, export_winner
 from study.pipeline import eval_dataset
 from study.trial_log import load_trials
 
@@ -120,7 +120,7 @@ def finish_study(
         raise RuntimeError("no trial finished: nothing to choose a winner from")
     bests = best_per_family(trials)
     families: dict[str, Any] = {}
-    models: dict[str, keras.Model] = {}
+    infos: dict[str, dict[str, Any]] = {}
     for fam, t in bests.items():
         model = keras.saving.load_model(Path(t["dir"]) / "best.keras")
         val_p, test_p = (
@@ -142,11 +142,17 @@ def finish_study(
             "weights": weights_used.get(fam, "none (trained from scratch)"),
         }
         # families/<fam>/winner/ is this family's best, loadable like the winner itself.
-        export_winner(model, model_info(cfg, data, t, families[fam], skipped), fam_dir)
-        models[fam] = model
+        infos[fam] = model_info(cfg, data, t, families[fam], skipped)
+        export_winner(model, infos[fam], fam_dir)
     win_fam = max(bests, key=lambda f: objective(bests[f]))
-    info = model_info(cfg, data, bests[win_fam], families[win_fam], skipped)
-    export_winner(models[win_fam], info, study_dir)
-    summary = {"winner": info, "families": families, "skipped": skipped, "n_trials": len(trials)}
+    copy_export(study_dir / "families" / win_fam, study_dir)  # the same files, not re-exported
+    summary = {
+        "winner": infos[win_fam],
+        "families": families,
+        "skipped": skipped,
+        "n_trials": len(trials),
+        # A resumed study's true cost: the training time of every trial, whichever run did it.
+        "trial_seconds": sum(t.get("seconds", 0.0) for t in trials),
+    }
     (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
