@@ -9,7 +9,7 @@ import argparse
 import subprocess
 import sys
 
-from study.config import DEFAULT_DATA_DIR
+from study.paths import DEFAULT_DATA_DIR
 
 p = argparse.ArgumentParser(description=__doc__)
 p.add_argument("--data-dir", default=str(DEFAULT_DATA_DIR))

@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.common import write
-from study.cache import build_cache
-from study.config import DEFAULT_DATA_DIR
-from study.data import scan
-from study.pipeline import AugmentConfig, train_dataset
-from study.preprocess import PreprocessConfig
+from study.data.cache import build_cache
+from study.data.preprocess import PreprocessConfig
+from study.data.records import scan
+from study.paths import DEFAULT_DATA_DIR
+from study.search.pipeline import AugmentConfig, train_dataset
 
 
 def run(data_dir: Path, image_size: int, batches: int = 150, batch_size: int = 32) -> list[dict]:

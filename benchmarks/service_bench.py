@@ -69,7 +69,7 @@ def summary(xs: list[float]) -> dict[str, float]:
 def model_only(model: Path, data: bytes, n: int) -> dict[str, Any]:
     """In-process: Winner.predict_bytes (decode+preprocess+predict), and with Grad-CAM."""
     from service.inference import ModelRuntime
-    from study.preprocess import decode
+    from study.data.preprocess import decode
 
     rt = ModelRuntime(model)
     rt.warm_up()
@@ -197,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             Path(os.environ["MODEL_PATH"]) if os.environ.get("MODEL_PATH") else None
         )
         if model is None:
-            from study.model_io import newest_winner
+            from study.select.model_io import newest_winner
 
             model = newest_winner(REPO / "results")
         tiny = model is None
@@ -215,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             "model": {"path": model.name if tiny else str(model), "tiny_untrained": tiny},
             "image": {"name": args.image.name, "bytes": len(data)},
         }
-        from study.preprocess import decode
+        from study.data.preprocess import decode
 
         res["image"]["shape"] = list(decode(data).pixels.shape)
         res["model_only"] = model_only(model, data, args.n)

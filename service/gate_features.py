@@ -1,4 +1,4 @@
-"""Image features for the input gate, all computed with :mod:`study.preprocess`.
+"""Image features for the input gate, all computed with :mod:`study.data.preprocess`.
 
 Every feature is measured on a *working image*: the greyscale pixels resampled
 to 224x224 (``resize(..., "stretch")``) and then windowed. The training copies
@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from study.preprocess import PreprocessConfig, normalise, resize, to_grayscale, window
+from study.data.preprocess import PreprocessConfig, normalise, resize, to_grayscale, window
 
 WORK_SIZE = 224  # side of the training copies (PROVENANCE.md)
 CHEST_SIZE = 32  # "eigen-lungs" resolution: global layout, not texture

@@ -41,7 +41,7 @@ from service.gate_features import (
     GateFeatures,
     compute_features,
 )
-from study.preprocess import decode
+from study.data.preprocess import decode
 
 FORMAT_VERSION = 2
 XRAY_MARGIN = 2.0
@@ -172,11 +172,11 @@ def fit_gate(
 ) -> GateModel:
     """Learn thresholds from training X-rays and calibrate the chest detector on val.
 
-    Uses the project's patient-grouped splits (study.data.make_splits), so the
+    Uses the project's patient-grouped splits (study.data.records.make_splits), so the
     validation images that set the chest threshold share no patient with the
     images the PCA was fitted on. Subsamples (seeded) to stay well under a minute.
     """
-    from study.data import make_splits, scan
+    from study.data.records import make_splits, scan
 
     t0 = time.time()
     plan = make_splits(scan(Path(data_dir)), seed=42)

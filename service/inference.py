@@ -1,7 +1,7 @@
 """The model inside a worker process: loaded once, warmed up, then prediction + Grad-CAM per job.
 
 Preprocessing is never reimplemented here: the model input comes from
-``Winner.prepare`` (study.preprocess with the winner's own config). The
+``Winner.prepare`` (study.data.preprocess with the winner's own config). The
 heatmap overlay is drawn on the decoded X-ray (grey, windowed, at most
 ``OVERLAY_SIDE`` px) so a reviewer sees it at a useful size.
 """
@@ -16,8 +16,8 @@ from typing import Any
 import cv2
 import numpy as np
 
-from study.model_io import Winner, load_winner
-from study.preprocess import to_grayscale, window
+from study.data.preprocess import to_grayscale, window
+from study.select.model_io import Winner, load_winner
 
 OVERLAY_SIDE = 512
 
@@ -28,10 +28,10 @@ class ModelNotFound(RuntimeError):
 
 def _gradcam_module() -> Any:
     try:
-        from study import gradcam
+        from study.report import gradcam
     except ImportError as exc:  # the Grad-CAM module is another developer's; say so clearly
         raise RuntimeError(
-            "study/gradcam.py is missing: heatmaps need gradcam() and heatmap_png()"
+            "study/report/gradcam.py is missing: heatmaps need gradcam() and heatmap_png()"
         ) from exc
     return gradcam
 
@@ -82,7 +82,7 @@ class ModelRuntime:
 
     def run(self, data: bytes, pixels: np.ndarray | None) -> Outcome:
         t0 = time.perf_counter()
-        # The gate already decoded the bytes: reuse its pixels (same study.preprocess path).
+        # The gate already decoded the bytes: reuse its pixels (same study.data.preprocess path).
         x = (self.winner.prepare(data) if pixels is None else self.winner.prepare_pixels(pixels))[
             None
         ]

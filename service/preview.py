@@ -1,6 +1,6 @@
 """A browser-viewable grey PNG of any upload (DICOM included), for the reviewer page.
 
-Uses study.preprocess's decode, grayscale and window steps only: a picture
+Uses study.data.preprocess's decode, grayscale and window steps only: a picture
 for a human, not a model input.
 """
 
@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import cv2
 
-from study.preprocess import ImageDecodeError, decode, to_grayscale, window
+from study.data.preprocess import ImageDecodeError, decode, to_grayscale, window
 
 PREVIEW_SIDE = 1024
 

@@ -134,7 +134,7 @@ class Settings(BaseSettings):
         """MODEL_PATH, else the newest results/*/winner (None when there is none)."""
         if self.model_path is not None:
             return self.model_path
-        from study.model_io import newest_winner
+        from study.select.model_io import newest_winner
 
         return newest_winner(self.results_dir)
 

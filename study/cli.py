@@ -24,7 +24,7 @@ def _data_command(argv: list[str]) -> int:
     f.add_argument("--out", type=Path, default=Path("data/feedback"))
     args = p.parse_args(argv)
     if args.cmd == "download":
-        from study.download import DownloadError, download
+        from study.data.download import DownloadError, download
 
         try:
             print(download(args.dest))
@@ -33,7 +33,7 @@ def _data_command(argv: list[str]) -> int:
             return 2
         return 0
     if args.cmd == "audit":
-        from study.audit_cli import run_audit
+        from study.data.audit_cli import run_audit
 
         return run_audit(args.data_dir, args.out, args.workers)
     from service.feedback import main as export_main
@@ -48,14 +48,14 @@ def _report_command(argv: list[str]) -> int:
     )
     p.add_argument("--study", type=Path, required=True, help="results/<study> folder")
     args = p.parse_args(argv)
-    from study.report import write_report
+    from study.report.page import write_report
 
     print(write_report(args.study))
     return 0
 
 
 def _weights_command(argv: list[str]) -> int:
-    from study.offline_weights import main as weights_main
+    from study.models.offline_weights import main as weights_main
 
     return weights_main(argv)
 
@@ -68,7 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     if argv and argv[0] in COMMANDS:
         return COMMANDS[argv[0]](argv[1:])
     cfg = config_from_args(study_parser().parse_args(argv))
-    from study.runner import run_study
+    from study.workflow import run_study
 
     try:
         run_study(cfg)

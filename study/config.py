@@ -7,32 +7,18 @@ so CI, Docker and a user's shell all configure the study the same way.
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from study.preprocess import PreprocessConfig
+from study.data.augment import AugmentConfig
+from study.data.preprocess import PreprocessConfig
+from study.paths import (
+    DEFAULT_CACHE_DIR,
+    DEFAULT_DATA_DIR,
+    DEFAULT_RESULTS_DIR,
+    DEFAULT_WEIGHTS_DIR,
+)
 
-
-@dataclass(frozen=True)
-class AugmentConfig:
-    """Ranges of the on-the-fly augmentation; they model the exposure and positioning
-    differences between devices (the official test split differs from train in both)."""
-
-    rotation_deg: float = 8.0
-    shift: float = 0.06  # fraction of the image side
-    zoom: float = 0.10  # +-10 %
-    brightness: float = 0.10  # additive, on [0, 1] images
-    contrast: float = 0.25  # multiplicative around the mean: [1-c, 1+c]
-    gamma: float = 0.30  # gamma in [1-g, 1+g]
-    noise_std: float = 0.0  # Gaussian noise std; off by default: it halves pipeline speed
-    blur_prob: float = 0.0  # probability of a 3x3 box blur per image (0 = off)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-
-REPO = Path(__file__).resolve().parents[1]
 ALL_FAMILIES = ("custom_cnn", "resnet", "efficientnet")
 # Measured (benchmarks/results/training.md, README): bf16 speeds up dense convs here but
 # slows EfficientNet's depthwise convs.
@@ -42,16 +28,6 @@ FAMILY_PRECISION = {
     "efficientnet": "float32",
 }
 TUNERS = ("hyperband", "bayesian", "random")
-
-
-def env_path(name: str, default: Path) -> Path:
-    return Path(os.environ.get(name, str(default)))
-
-
-DEFAULT_DATA_DIR = env_path("PNEUMOSCOPE_DATA_DIR", REPO / "data" / "chest_xray")
-DEFAULT_RESULTS_DIR = env_path("PNEUMOSCOPE_RESULTS_DIR", REPO / "results")
-DEFAULT_CACHE_DIR = env_path("PNEUMOSCOPE_CACHE_DIR", REPO / "data" / "cache")
-DEFAULT_WEIGHTS_DIR = env_path("PNEUMOSCOPE_WEIGHTS_DIR", REPO / "weights")
 
 
 @dataclass

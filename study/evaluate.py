@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from study import data as data_mod
-from study.model_io import load_winner
-from study.stats import binary_metrics
+from study.data import records as data_mod
+from study.select.model_io import load_winner
+from study.select.stats import binary_metrics
 
 KEYS = (
     "n",

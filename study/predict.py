@@ -11,8 +11,8 @@ import json
 import sys
 from pathlib import Path
 
-from study.model_io import load_winner
-from study.preprocess import ImageDecodeError
+from study.data.preprocess import ImageDecodeError
+from study.select.model_io import load_winner
 
 
 def main(argv: list[str] | None = None) -> int:

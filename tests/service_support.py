@@ -37,8 +37,8 @@ def make_tiny_winner(study_dir: Path) -> Path:
     """An untrained 64x64 CNN exported like a real winner (threshold 0.5)."""
     import keras
 
-    from study.model_io import export_winner
-    from study.preprocess import PreprocessConfig
+    from study.data.preprocess import PreprocessConfig
+    from study.select.model_io import export_winner
 
     keras.utils.set_random_seed(0)
     inp = keras.Input((64, 64, 1))

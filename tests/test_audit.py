@@ -12,10 +12,10 @@ import cv2
 import numpy as np
 import pytest
 
-import study.audit as audit_mod
-from study.audit import PHASH_BITS, _hamming_pairs, _pack, audit_dataset
-from study.data import CLASS_NAMES, check_no_leakage, make_splits, patient_and_subtype, scan
-from study.preprocess import decode
+import study.data.audit as audit_mod
+from study.data.audit import PHASH_BITS, _hamming_pairs, _pack, audit_dataset
+from study.data.preprocess import decode
+from study.data.records import CLASS_NAMES, check_no_leakage, make_splits, patient_and_subtype, scan
 
 PER_CLASS = 30
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from study.data import check_no_leakage, make_splits, patient_and_subtype, scan
+from study.data.records import check_no_leakage, make_splits, patient_and_subtype, scan
 
 
 @pytest.mark.parametrize(

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-import study.download as dl
-from study.download import EXPECTED_COUNTS, DownloadError, download, is_complete
+import study.data.download as dl
+from study.data.download import EXPECTED_COUNTS, DownloadError, download, is_complete
 
 REPO = Path(__file__).resolve().parents[1]
 KAGGLE_ENV = ("KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN", "KAGGLE_CONFIG_DIR")
@@ -107,7 +107,7 @@ def _run_isolated(code: str, home: Path, extra_env: dict[str, str], timeout: flo
 
 CATCH = """
 from pathlib import Path
-import study.download as dl
+import study.data.download as dl
 {patch}
 try:
     dl.download(Path({dest!r}))

@@ -25,8 +25,8 @@ import keras
 import numpy as np
 import pytest
 
-from study import offline_weights as ow
-from study.efficientnet_lite import (
+from study.models import offline_weights as ow
+from study.models.efficientnet_lite import (
     MEAN_RGB,
     STDDEV_RGB,
     block_names,

@@ -8,9 +8,10 @@ import cv2
 import numpy as np
 import pytest
 
-from study.audit import audit_dataset
-from study.data import make_splits, scan
-from study.figures import (
+from study.data.audit import audit_dataset
+from study.data.preprocess import PreprocessConfig
+from study.data.records import make_splits, scan
+from study.report.data_figures import (
     class_balance,
     intensity_histograms,
     preprocessing_steps,
@@ -18,7 +19,6 @@ from study.figures import (
     size_histograms,
     write_data_figures,
 )
-from study.preprocess import PreprocessConfig
 from tests.test_audit import make_subset
 
 

@@ -30,7 +30,7 @@ from service.gate import (
     supported_transfer_syntaxes,
 )
 from service.gate_model import GateModel, fit_gate, load_gate
-from study.preprocess import Decoded, decode
+from study.data.preprocess import Decoded, decode
 
 REPO = Path(__file__).resolve().parents[1]
 REJECTION_CODES = {"not_an_image", "unsupported_format", "too_large", "not_xray"}

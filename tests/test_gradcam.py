@@ -15,7 +15,7 @@ import keras
 import numpy as np
 import pytest
 
-from study import gradcam as gc
+from study.report import gradcam as gc
 
 SIZE, SQ = 32, 6
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.cache import build_cache
-from study.data import scan
-from study.pipeline import AugmentConfig, eval_dataset, train_dataset
-from study.preprocess import PreprocessConfig, scale
+from study.data.cache import build_cache
+from study.data.preprocess import PreprocessConfig, scale
+from study.data.records import scan
+from study.search.pipeline import AugmentConfig, eval_dataset, train_dataset
 
 
 @pytest.fixture(scope="module")

@@ -8,8 +8,8 @@ import cv2
 import numpy as np
 import pytest
 
-from study import preprocess as pp
-from study.preprocess import PreprocessConfig
+from study.data import preprocess as pp
+from study.data.preprocess import PreprocessConfig
 
 CFG = PreprocessConfig(image_size=64)
 
@@ -26,7 +26,7 @@ def _files(data_dir: Path, samples_dir: Path) -> list[Path]:
 def tiny_winner(tmp_path_factory: pytest.TempPathFactory) -> Path:
     import keras
 
-    from study.model_io import export_winner
+    from study.select.model_io import export_winner
 
     inp = keras.Input((64, 64, 1))
     out = keras.layers.Dense(1, activation="sigmoid")(keras.layers.GlobalAveragePooling2D()(inp))
@@ -39,8 +39,8 @@ def test_same_input_same_tensor_through_every_entry_point(
     data_dir: Path, samples_dir: Path, tmp_path: Path, tiny_winner: Path
 ) -> None:
     from service.inference import ModelRuntime
-    from study.cache import build_cache
-    from study.model_io import load_winner
+    from study.data.cache import build_cache
+    from study.select.model_io import load_winner
 
     files = _files(data_dir, samples_dir)
     cache = build_cache([str(f) for f in files], CFG, tmp_path, workers=2, progress=False)

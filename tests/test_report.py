@@ -19,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study import stats
-from study.report import _holm, build_context, render, write_report
+from study.report.page import _holm, build_context, render, write_report
+from study.select import stats
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("data", "leaderboard", "families", "statistics", "winner", "errors")

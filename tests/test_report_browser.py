@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from study.report import write_report
+from study.report.page import write_report
 from tests.conftest import CHROMIUM, CHROMIUM_ARGS
 
 pytestmark = [pytest.mark.browser, pytest.mark.slow]

@@ -22,10 +22,10 @@ from keras.src.legacy.saving import legacy_h5_format
 
 from search_spaces import FAMILIES
 from search_spaces.resnet import set_trainable_top_blocks
-from study import offline_weights
-from study.efficientnet_lite import build_efficientnet_lite
-from study.metrics import METRIC_NAMES, Specificity, compile_metrics
-from study.weights import (
+from study.models import offline_weights
+from study.models.efficientnet_lite import build_efficientnet_lite
+from study.models.metrics import METRIC_NAMES, Specificity, compile_metrics
+from study.models.weights import (
     WeightsSource,
     WeightsUnavailableError,
     resolve_imagenet_weights,
@@ -294,7 +294,7 @@ RELOAD = """
 import sys
 import numpy as np
 import keras
-import study.layers  # registers the project's custom objects
+import study.models.layers  # registers the project's custom objects
 for name in sys.argv[1:]:
     m = keras.saving.load_model(name + ".keras")
     x = np.load(name + "_x.npy")

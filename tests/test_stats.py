@@ -1,4 +1,4 @@
-"""study.stats against hand computations, brute force and simulations with known truth."""
+"""study.select.stats against hand computations, brute force and simulations with known truth."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
-from study import stats
+from study.select import stats
 
 
 def _paired_predictions(n11: int, b: int, c: int, n00: int) -> tuple[np.ndarray, ...]:

@@ -75,8 +75,8 @@ def test_tiny_study_writes_everything(tiny_study: Path) -> None:
 def test_winner_reloads_in_fresh_process(tiny_study: Path, samples_dir: Path) -> None:
     import keras
 
-    import study.layers  # noqa: F401
-    from study.preprocess import PreprocessConfig, load_for_model
+    import study.models.layers  # noqa: F401
+    from study.data.preprocess import PreprocessConfig, load_for_model
 
     files = sorted((samples_dir / "kermany_full_res" / "val").glob("*/*.jpeg"))[:3]
     files.append(samples_dir / "other_chest_xray" / "covidrad_Normal-12.png")
@@ -167,9 +167,9 @@ def test_early_stopping_stops_a_flat_run(tmp_path: Path) -> None:
     import keras
     import keras_tuner as kt
 
-    from study.pipeline import eval_dataset, train_dataset
-    from study.trial_log import load_trials
-    from study.tuning import StudyProgress, TrialContext, make_tuner
+    from study.search.pipeline import eval_dataset, train_dataset
+    from study.search.trial_log import load_trials
+    from study.search.tuning import StudyProgress, TrialContext, make_tuner
 
     class Frozen(kt.HyperModel):
         """Learning rate 0: the objective can never improve."""
@@ -215,7 +215,7 @@ def test_early_stopping_stops_a_flat_run(tmp_path: Path) -> None:
     "budget,fams,expected", [(50, ["a", "b"], [25, 25]), (5, ["a", "b", "c"], [2, 2, 1])]
 )
 def test_budget_is_shared_equally(budget: int, fams: list[str], expected: list[int]) -> None:
-    from study.runner import share_budget
+    from study.search.runner import share_budget
 
     assert list(share_budget(budget, fams).values()) == expected
 
@@ -254,7 +254,7 @@ def test_hyperband_promotes_trials(data_dir: Path, tmp_path: Path) -> None:
     ],
 )
 def test_fit_verdict_follows_its_rule(rows: list[dict[str, float]], expected: str) -> None:
-    from study.trial_log import fit_verdict
+    from study.search.trial_log import fit_verdict
 
     hist = [{"loss": 0.5 - 0.1 * i, "val_loss": 0.5, **r} for i, r in enumerate(rows)]
     assert fit_verdict(hist)[0] == expected
@@ -262,7 +262,7 @@ def test_fit_verdict_follows_its_rule(rows: list[dict[str, float]], expected: st
 
 def test_binned_auc_of_half_is_not_no_signal_when_the_model_ranks_well() -> None:
     """Keras' binned AUC reads 0.5 when all probabilities bunch near 1; the exact AUC decides."""
-    from study.trial_log import fit_verdict
+    from study.search.trial_log import fit_verdict
 
     hist = [{"loss": 0.4, "val_loss": 0.5, "auc": 0.97, "val_auc": 0.5}] * 2
     assert fit_verdict(hist)[0] == "no signal"

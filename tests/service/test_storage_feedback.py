@@ -10,7 +10,7 @@ import pytest
 from service.feedback import export_feedback, main
 from service.intake import create_job
 from service.storage import LocalStorage, Storage, StorageKeyError
-from study.preprocess import decode
+from study.data.preprocess import decode
 from tests.service_support import API_KEY, make_settings
 
 

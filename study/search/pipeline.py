@@ -14,8 +14,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from study.config import AugmentConfig
-from study.preprocess import scale
+from study.data.augment import AugmentConfig
+from study.data.preprocess import scale
 
 DEFAULT_AUGMENT = AugmentConfig()
 

@@ -18,9 +18,9 @@ import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
-from study.audit import AuditReport
-from study.data import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
-from study.preprocess import ImageDecodeError, PreprocessConfig, decode, steps, to_grayscale
+from study.data.audit import AuditReport
+from study.data.preprocess import ImageDecodeError, PreprocessConfig, decode, steps, to_grayscale
+from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
 
 COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 DPI = 110
@@ -151,7 +151,7 @@ def size_histograms(audit: AuditReport, out: Path) -> Path:
 
 
 def preprocessing_steps(path: str | Path, cfg: PreprocessConfig, out: Path) -> Path:
-    """One X-ray after each step of :func:`study.preprocess.steps`, with its histogram."""
+    """One X-ray after each step of :func:`study.data.preprocess.steps`, with its histogram."""
     st = steps(Path(path).read_bytes(), cfg)
     fig = Figure(layout="constrained", figsize=(3.2 * len(st), 5.0))
     axes = fig.subplots(2, len(st), squeeze=False, height_ratios=[3, 1])

@@ -33,7 +33,7 @@ from typing import Any
 from urllib.parse import urlparse
 from urllib.request import getproxies, proxy_bypass
 
-from study.data import CLASS_NAMES, IMAGE_SUFFIXES
+from study.data.records import CLASS_NAMES, IMAGE_SUFFIXES
 
 DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_HOST = "api.kaggle.com"  # where the client sends its requests

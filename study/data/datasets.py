@@ -12,13 +12,17 @@ import random
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from study import data as data_mod
-from study.cache import ImageCache, build_cache
-from study.config import StudyConfig
-from study.data import ImageRecord, SplitPlan
+from study.data import records as data_mod
+from study.data.cache import ImageCache, build_cache
+from study.data.audit import AuditReport, audit_dataset
+from study.data.records import ImageRecord, SplitPlan
+
+if TYPE_CHECKING:  # the config is passed down; the data stage never imports it at run time
+    from study.config import StudyConfig
 
 
 @dataclass
@@ -46,6 +50,7 @@ class StudyData:
     test: SplitArrays
     fingerprint: str
     cache: ImageCache
+    audit: AuditReport
 
 
 def subset_by_patient(records: list[ImageRecord], n: int, seed: int) -> list[ImageRecord]:
@@ -89,7 +94,6 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
     Distributed workers pass ``write_artifacts=False``: they need the arrays, while
     the chief alone writes splits.json, audit.json and the figures.
     """
-    from study.audit import audit_dataset
 
     out = cfg.study_dir
     out.mkdir(parents=True, exist_ok=True)
@@ -127,19 +131,6 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
     print(audit.summary(), flush=True)
     print(plan.summary(), flush=True)
 
-    if write_artifacts:
-        from study import figures
-
-        fig_dir = out / "figures"
-        fig_dir.mkdir(exist_ok=True)
-        figures.sample_grid(plan.records, fig_dir / "samples.png")
-        figures.class_balance(plan, fig_dir / "class_balance.png")
-        figures.intensity_histograms(audit, fig_dir / "intensity.png")
-        figures.size_histograms(audit, fig_dir / "sizes.png")
-        figures.preprocessing_steps(
-            plan.of("train")[0].path, cfg.preprocess, fig_dir / "preprocessing.png"
-        )
-
     cache = build_cache(
         [r.path for r in plan.records], cfg.preprocess, cfg.cache_dir, workers=cfg.workers
     )
@@ -156,4 +147,5 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
         _arrays(cache, plan.of("test")),
         fingerprint(plan.records),
         cache,
+        audit,
     )

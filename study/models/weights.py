@@ -12,7 +12,7 @@ resnet:        ``resnet50v2_..._notop.h5`` then ``resnet50_..._notop.h5``, first
                ``weights_dir`` (kind ``local-file``), then in the Keras cache
                ``$KERAS_HOME/models`` or ``~/.keras/models`` (kind ``keras.applications``).
 efficientnet:  ``efficientnetb0_notop.h5`` in the same two places, else the converted
-               EfficientNet-Lite0 weights from :func:`study.offline_weights.locate_weights`
+               EfficientNet-Lite0 weights from :func:`study.models.offline_weights.locate_weights`
                (kind ``offline-efficientnet-lite0``).
 """
 
@@ -74,7 +74,7 @@ def keras_cache_dirs() -> list[Path]:
 
 
 def _default_weights_dir() -> Path:
-    from study.offline_weights import default_weights_dir
+    from study.models.offline_weights import default_weights_dir
 
     return default_weights_dir()
 
@@ -117,7 +117,7 @@ def resolve_imagenet_weights(family: str, weights_dir: Path | None) -> WeightsSo
                 "machine with internet into --weights-dir"
             ),
         )
-    from study.offline_weights import locate_weights
+    from study.models.offline_weights import locate_weights
 
     lite = locate_weights(wdir, "lite0")
     if lite is not None:

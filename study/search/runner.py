@@ -1,4 +1,4 @@
-"""The study: data stage, one Keras-Tuner search per family, then the winner.
+"""The search stage: one Keras-Tuner search per family, sharing the trial budget.
 
 Rerunning the same command resumes: finished trials are read back from the
 tuner's project folder and never rerun, and a trial that was killed
@@ -7,22 +7,27 @@ mid-way restarts from its last finished epoch (BackupAndRestore).
 
 from __future__ import annotations
 
-import json
 import os
 import sys
-import time
-import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import keras
 import tensorflow as tf
 
 from study.config import FAMILY_PRECISION, StudyConfig
-from study.datasets import prepare_data
-from study.pipeline import eval_dataset, steps_per_epoch, train_dataset
-from study.trial_log import load_trials
-from study.tuning import StudyProgress, TrialContext, make_tuner
+from study.data.datasets import StudyData
+from study.search.pipeline import eval_dataset, steps_per_epoch, train_dataset
+from study.search.trial_log import load_trials
+from study.search.tuning import StudyProgress, TrialContext, make_tuner
+
+
+@dataclass
+class SearchOutcome:
+    """What the search leaves for selection: families that did not run, weights used."""
+
+    skipped: dict[str, str]
+    used: dict[str, str]
 
 
 def share_budget(budget: int, families: list[str]) -> dict[str, int]:
@@ -50,28 +55,10 @@ def use_family_port(index: int) -> None:
     os.environ["KERASTUNER_ORACLE_PORT"] = str(int(base) + index)
 
 
-def seed_everything(seed: int) -> None:
-    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
-
-
-def _check_resume(cfg: StudyConfig) -> None:
-    path = cfg.study_dir / "config.json"
-    if path.is_file():
-        old = json.loads(path.read_text()).get("resume_key")
-        if old and old != json.loads(json.dumps(cfg.resume_key())):
-            raise SystemExit(
-                f"{cfg.study_dir} holds a study with other settings ({old}); "
-                "use another --name or delete that folder"
-            )
-        print(f"resuming study {cfg.name} in {cfg.study_dir}", flush=True)
-    cfg.study_dir.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps({"config": cfg.to_json(), "resume_key": cfg.resume_key()}, indent=1))
-
-
 def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """Hypermodel per runnable family; skipped families with their reason; weights used."""
     from search_spaces import FAMILIES
-    from study.weights import resolve_imagenet_weights
+    from study.models.weights import resolve_imagenet_weights
 
     runnable, skipped, used = {}, {}, {}
     for fam in cfg.families:
@@ -88,16 +75,8 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
     return runnable, skipped, used
 
 
-def run_study(cfg: StudyConfig) -> dict[str, Any]:
-    """Run (or resume) the whole study and return its summary."""
-    # Our datasets are already shuffled; Keras warns about its own shuffle flag regardless.
-    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
-    t0 = time.monotonic()
-    seed_everything(cfg.seed)
-    role = tuner_role()
-    if role in ("single", "chief"):
-        _check_resume(cfg)
-    data = prepare_data(cfg, write_artifacts=role in ("single", "chief"))
+def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> SearchOutcome:
+    """One Keras-Tuner search per runnable family; families that cannot run are skipped."""
     runnable, skipped, used = resolve_families(cfg)
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
@@ -134,49 +113,26 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
         train_ds = train_dataset(
             data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
         )
-        try:
-            tuner.search(
-                train_ds,
-                steps_per_epoch=steps,
-                epochs=cfg.max_epochs,
-                validation_data=val_ds,
-                verbose=cfg.verbose,
-            )
-        except RuntimeError as exc:  # Keras-Tuner gives up after repeated trial failures
-            if "consecutive failures" not in str(exc):
-                raise
-            skipped[fam] = f"stopped after repeated trial failures ({exc}); see the log above"
-            print(f"family {fam}: FAILED - {skipped[fam]}", file=sys.stderr, flush=True)
+        failure = _search_one(tuner, train_ds, val_ds, steps, cfg)
+        if failure:
+            skipped[fam] = failure
+            print(f"family {fam}: FAILED - {failure}", file=sys.stderr, flush=True)
         tf.keras.backend.clear_session()
-    if role not in ("single", "chief"):
-        print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
-        return {"role": role}
-    from study.winner import finish_study
+    return SearchOutcome(skipped, used)
 
-    summary = finish_study(cfg, data, skipped, used)
-    summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
-    (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    w = summary["winner"]
-    print(
-        f"winner: {w['family']} ({w['trial']}) val AUC {w['validation']['auc']:.4f}, "
-        f"threshold {w['threshold']:.3f}; test ({w['test_source']}): "
-        f"{json.dumps(w['test'].get('accuracy'))} accuracy, AUC {w['test'].get('auc')}",
-        flush=True,
-    )
-    from study.report import write_report
 
+def _search_one(tuner: Any, train_ds: Any, val_ds: Any, steps: int, cfg: StudyConfig) -> str:
+    """Run one family's search; the reason it stopped early, or '' when it finished."""
     try:
-        print(f"report: {write_report(cfg.study_dir)}", flush=True)
-    except Exception as exc:  # the winner is exported; a report bug must not lose the study
-        print(
-            f"report FAILED ({type(exc).__name__}: {exc}); the study is saved. Fix and run "
-            f"'python run_study.py report --study {cfg.study_dir}'",
-            file=sys.stderr,
-            flush=True,
+        tuner.search(
+            train_ds,
+            steps_per_epoch=steps,
+            epochs=cfg.max_epochs,
+            validation_data=val_ds,
+            verbose=cfg.verbose,
         )
-    print(
-        f"done in {summary['seconds'] / 60:.1f} min this run; its {summary['n_trials']} trials "
-        f"trained for {summary['trial_seconds'] / 60:.1f} min over all runs: {cfg.study_dir}",
-        flush=True,
-    )
-    return summary
+    except RuntimeError as exc:  # Keras-Tuner gives up after repeated trial failures
+        if "consecutive failures" not in str(exc):
+            raise
+        return f"stopped after repeated trial failures ({exc}); see the log above"
+    return ""

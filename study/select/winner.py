@@ -12,13 +12,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from study import stats
 from study.config import StudyConfig
-from study.data import CLASS_NAMES
-from study.datasets import SplitArrays, StudyData
-from study.model_io import copy_export, export_winner
-from study.pipeline import eval_dataset
-from study.trial_log import load_trials
+from study.data.datasets import SplitArrays, StudyData
+from study.data.records import CLASS_NAMES
+from study.search.pipeline import eval_dataset
+from study.search.trial_log import load_trials
+from study.select import stats
+from study.select.model_io import copy_export, export_winner
 
 PACKAGES = (
     "tensorflow-cpu",
@@ -90,7 +90,7 @@ def model_info(
         "threshold_rule": fam_info["threshold_rule"],
         "preprocess": cfg.preprocess.to_dict(),
         "image_size": cfg.image_size,
-        "input": "float32 (N, S, S, 1) in [0, 1] from study.preprocess.load_for_model",
+        "input": "float32 (N, S, S, 1) in [0, 1] from study.data.preprocess.load_for_model",
         "family": fam,
         "trial": fam_info["trial"],
         "hyperparameters": trial["hyperparameters"],

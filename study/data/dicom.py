@@ -26,7 +26,7 @@ def decode_dicom(data: bytes, max_pixels: int = 60_000_000) -> tuple[np.ndarray,
     from pydicom.errors import InvalidDicomError
     from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
-    from study.preprocess import ImageDecodeError
+    from study.data.preprocess import ImageDecodeError
 
     try:
         ds = pydicom.dcmread(io.BytesIO(data), force=True)

@@ -1,0 +1,1 @@
+"""Data stage: records and patient splits, audit, download, DICOM, the one preprocessing module, cache."""

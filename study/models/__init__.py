@@ -1,0 +1,1 @@
+"""Model building blocks: layers, metrics, ImageNet weights (offline), EfficientNet-Lite."""

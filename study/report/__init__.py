@@ -1,0 +1,1 @@
+"""Report stage: the HTML report, figures, error analysis, Grad-CAM."""

@@ -1,0 +1,1 @@
+"""Selection stage: winner choice, statistics, model export and loading."""

@@ -1,0 +1,109 @@
+"""The whole study, stage by stage: data -> search -> select -> report.
+
+This is the only module that walks the pipeline end to end; each stage lives in its
+own subpackage and never imports a later one.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import warnings
+from typing import Any
+
+import keras
+
+from study.config import StudyConfig
+from study.data.datasets import StudyData, prepare_data
+from study.search.runner import search_families, tuner_role
+
+
+def seed_everything(seed: int) -> None:
+    keras.utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
+
+
+def _check_resume(cfg: StudyConfig) -> None:
+    path = cfg.study_dir / "config.json"
+    if path.is_file():
+        old = json.loads(path.read_text()).get("resume_key")
+        if old and old != json.loads(json.dumps(cfg.resume_key())):
+            raise SystemExit(
+                f"{cfg.study_dir} holds a study with other settings ({old}); "
+                "use another --name or delete that folder"
+            )
+        print(f"resuming study {cfg.name} in {cfg.study_dir}", flush=True)
+    cfg.study_dir.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"config": cfg.to_json(), "resume_key": cfg.resume_key()}, indent=1))
+
+
+def run_study(cfg: StudyConfig) -> dict[str, Any]:
+    """Run (or resume) the whole study and return its summary."""
+    # Our datasets are already shuffled; Keras warns about its own shuffle flag regardless.
+    warnings.filterwarnings("ignore", message=".*`shuffle=True` was passed.*")
+    t0 = time.monotonic()
+    seed_everything(cfg.seed)
+    role = tuner_role()
+    lead = role in ("single", "chief")
+    if lead:
+        _check_resume(cfg)
+    data = prepare_data(cfg, write_artifacts=lead)
+    if lead:
+        _data_figures(cfg, data)
+    outcome = search_families(cfg, data, role, t0)
+    if not lead:
+        print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
+        return {"role": role}
+    from study.select.winner import finish_study
+
+    summary = finish_study(cfg, data, outcome.skipped, outcome.used)
+    summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
+    (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    _print_winner(summary)
+    _write_report(cfg)
+    print(
+        f"done in {summary['seconds'] / 60:.1f} min this run; its {summary['n_trials']} trials "
+        f"trained for {summary['trial_seconds'] / 60:.1f} min over all runs: {cfg.study_dir}",
+        flush=True,
+    )
+    return summary
+
+
+def _data_figures(cfg: StudyConfig, data: StudyData) -> None:
+    """The data section's figures: samples, class balance, intensity, sizes, preprocessing."""
+    from study.report import data_figures as figures
+
+    fig_dir = cfg.study_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    plan, audit = data.plan, data.audit
+    figures.sample_grid(plan.records, fig_dir / "samples.png")
+    figures.class_balance(plan, fig_dir / "class_balance.png")
+    figures.intensity_histograms(audit, fig_dir / "intensity.png")
+    figures.size_histograms(audit, fig_dir / "sizes.png")
+    figures.preprocessing_steps(
+        plan.of("train")[0].path, cfg.preprocess, fig_dir / "preprocessing.png"
+    )
+
+
+def _print_winner(summary: dict[str, Any]) -> None:
+    w = summary["winner"]
+    print(
+        f"winner: {w['family']} ({w['trial']}) val AUC {w['validation']['auc']:.4f}, "
+        f"threshold {w['threshold']:.3f}; test ({w['test_source']}): "
+        f"{json.dumps(w['test'].get('accuracy'))} accuracy, AUC {w['test'].get('auc')}",
+        flush=True,
+    )
+
+
+def _write_report(cfg: StudyConfig) -> None:
+    from study.report.page import write_report
+
+    try:
+        print(f"report: {write_report(cfg.study_dir)}", flush=True)
+    except Exception as exc:  # the winner is exported; a report bug must not lose the study
+        print(
+            f"report FAILED ({type(exc).__name__}: {exc}); the study is saved. Fix and run "
+            f"'python run_study.py report --study {cfg.study_dir}'",
+            file=sys.stderr,
+            flush=True,
+        )
