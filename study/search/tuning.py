@@ -59,7 +59,7 @@ class StudyProgress:
         return p
 
     def record(self, summary: dict[str, Any]) -> float:
-        auc = float(summary["val"].get("auc", float("nan")))
+        auc = trial_log.objective(summary)
         if np.isnan(self.best) or auc > self.best:
             self.best, self.best_label = auc, f"{summary['family']}#{summary['trial_id']}"
         return auc

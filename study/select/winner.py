@@ -16,7 +16,7 @@ from study.config import StudyConfig
 from study.data.datasets import SplitArrays, StudyData
 from study.data.records import CLASS_NAMES
 from study.search.pipeline import eval_dataset
-from study.search.trial_log import load_trials
+from study.search.trial_log import load_trials, objective
 from study.select import stats
 from study.select.model_io import copy_export, export_winner
 
@@ -57,12 +57,6 @@ def write_predictions(path: Path, split: SplitArrays, probs: np.ndarray) -> None
         w.writerow(["file", "patient", "subtype", "label", "probability_pneumonia"])
         for r, p in zip(split.records, probs, strict=True):
             w.writerow([r.path, r.patient, r.subtype, r.label, f"{p:.6f}"])
-
-
-def objective(trial: dict[str, Any]) -> float:
-    """Exact validation ROC-AUC of a trial (binned Keras AUC for old trials without it)."""
-    v = trial["val"].get("auc_exact")
-    return float(v if v is not None else trial["val"].get("auc", float("-inf")))
 
 
 def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
