@@ -190,7 +190,7 @@ def _flag_fields(cls: type) -> list[tuple[Field, Any]]:
 
 
 def _nested_fields(cls: type) -> list[tuple[Field, type]]:
-    """(field, dataclass) of fields whose own fields' flags are listed in ``flags``."""
+    """(field, dataclass) of nested configs exposing the fields named in metadata ``flags``."""
     hints = get_type_hints(cls)
     return [(f, hints[f.name]) for f in fields(cls) if "flags" in f.metadata]
 
