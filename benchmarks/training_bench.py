@@ -23,6 +23,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks.common import write
+from search_spaces import FAMILIES, FAMILY_NAMES, hypermodel_class
 from study.paths import DEFAULT_WEIGHTS_DIR
 
 
@@ -59,15 +60,17 @@ def step_flops(model: keras.Model, size: int, batch: int) -> float:
 
 
 def bench_family(family: str, size: int, steps: int, policy: str, weights_dir: Path) -> dict:
-    from search_spaces import FAMILIES
     from study.models.weights import resolve_imagenet_weights
 
     keras.mixed_precision.set_global_policy(policy)
     keras.utils.set_random_seed(0)
-    weights = None if family == "custom_cnn" else resolve_imagenet_weights(family, weights_dir)
+    needs_weights = FAMILIES[family].needs_weights
+    weights = resolve_imagenet_weights(family, weights_dir) if needs_weights else None
     if weights is not None and not weights.available:
         return {"family": family, "policy": policy, "status": "skipped: no ImageNet weights"}
-    model = FAMILIES[family](image_size=size, seed=0, weights=weights).build(kt.HyperParameters())
+    model = hypermodel_class(family)(image_size=size, seed=0, weights=weights).build(
+        kt.HyperParameters()
+    )
     x = np.random.rand(32, size, size, 1).astype(np.float32)
     y = np.random.randint(0, 2, (32, 1)).astype(np.float32)
     model.train_on_batch(x, y)  # trace
@@ -95,7 +98,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--families", default="custom_cnn,resnet,efficientnet")
+    p.add_argument("--families", default=",".join(FAMILY_NAMES))
     p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
     a = p.parse_args()
     ceilings = {"mixed_bfloat16": matmul_gflops(tf.bfloat16), "float32": matmul_gflops(tf.float32)}

@@ -6,7 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from study.config import DEFAULT_RESULTS_DIR, add_data_dir, config_from_args, study_parser
+from study.config import add_setting, config_from_args, study_parser
+from study.paths import DEFAULT_RESULTS_DIR
 
 
 def _data_command(argv: list[str]) -> int:
@@ -15,7 +16,7 @@ def _data_command(argv: list[str]) -> int:
     d = sub.add_parser("download", help="fetch the Kaggle dataset into data/chest_xray")
     d.add_argument("--dest", type=Path, default=Path("data/chest_xray"))
     a = sub.add_parser("audit", help="counts, sizes, duplicates, leakage, corrupt files")
-    add_data_dir(a)
+    add_setting(a, "data_dir")
     a.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR / "audit")
     a.add_argument("--workers", type=int, default=2)
     f = sub.add_parser("export-feedback", help="reviewed uploads -> Kaggle layout")

@@ -1,66 +1,118 @@
 """The study's one typed configuration: command-line flags with env-var defaults.
 
-Every flag can also come from an environment variable (shown in ``--help``),
-so CI, Docker and a user's shell all configure the study the same way.
+Each setting is declared once, as a :class:`StudyConfig` field whose metadata carries its
+help text (and, where needed, choices, env var or flag name); the argument parser and
+:func:`config_from_args` are generated from the fields. Every folder flag can also come
+from an environment variable (shown in ``--help``), so CI, Docker and a user's shell all
+configure the study the same way. Building the parser never imports TensorFlow.
 """
 
 from __future__ import annotations
 
 import argparse
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Any, get_type_hints
 
+from search_spaces import FAMILIES, FAMILY_NAMES, PRECISION_CHOICES
 from study.data.augment import AugmentConfig
 from study.data.preprocess import PreprocessConfig
 from study.paths import (
+    CACHE_DIR_ENV,
+    DATA_DIR_ENV,
     DEFAULT_CACHE_DIR,
     DEFAULT_DATA_DIR,
     DEFAULT_RESULTS_DIR,
     DEFAULT_WEIGHTS_DIR,
+    RESULTS_DIR_ENV,
+    WEIGHTS_DIR_ENV,
 )
+from study.search import TUNERS
 
-ALL_FAMILIES = ("custom_cnn", "resnet", "efficientnet")
-# Measured (benchmarks/results/training.md, README): bf16 speeds up dense convs here but
-# slows EfficientNet's depthwise convs.
-FAMILY_PRECISION = {
-    "custom_cnn": "mixed_bfloat16",
-    "resnet": "mixed_bfloat16",
-    "efficientnet": "float32",
-}
-TUNERS = ("hyperband", "bayesian", "random")
+
+def setting(default: Any, help: str, **more: Any) -> Any:
+    """A field that is also a flag: ``--field-name`` unless ``flag`` is given in ``more``."""
+    return field(default=default, metadata={"help": help, **more})
+
+
+def internal(**kw: Any) -> Any:
+    """A field with no flag: set in code (tests, benchmarks), saved in config.json."""
+    return field(metadata={"internal": True}, **kw)
+
+
+def _precision_help() -> str:
+    auto = ", ".join(f"{f.precision} for {f.name}" for f in FAMILIES.values())
+    return (
+        f"training precision; auto = {auto} (EfficientNet's depthwise convs were up to "
+        "2.4x slower in bf16 on this CPU)"
+    )
 
 
 @dataclass
 class StudyConfig:
     """What a study needs; saved as results/<study>/config.json so a rerun can resume it."""
 
-    data_dir: Path = DEFAULT_DATA_DIR
-    results_dir: Path = DEFAULT_RESULTS_DIR
-    cache_dir: Path = DEFAULT_CACHE_DIR
-    weights_dir: Path = DEFAULT_WEIGHTS_DIR
-    name: str = "main"
-    budget: int = 50
-    families: tuple[str, ...] = ALL_FAMILIES
-    image_size: int = 128
-    tuner: str = "hyperband"
-    max_epochs: int = 12
-    patience: int = 5
-    batch_size: int = 32
-    steps_per_epoch: int = 0  # 0 = one pass over the training split
-    seed: int = 42
-    time_budget: float = 0.0  # minutes; 0 = no limit
-    min_sensitivity: float = 0.95
-    val_fraction: float = 0.12
-    test_fraction: float = 0.15
-    max_train_images: int = 0  # 0 = all (tests and demos use a subset)
-    extra_data: tuple[Path, ...] = ()
-    verbose: int = 0
-    workers: int = 2
-    precision: str = (
-        "auto"  # "auto" (per family, see FAMILY_PRECISION), "float32", "mixed_bfloat16"
+    data_dir: Path = setting(
+        DEFAULT_DATA_DIR,
+        "folder in the Kaggle layout <root>/<split>/{NORMAL,PNEUMONIA}/; "
+        "this repo's CI uses ../shared/data/chest_xray",
+        env=DATA_DIR_ENV,
     )
-    preprocess: PreprocessConfig = field(default_factory=PreprocessConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    results_dir: Path = setting(
+        DEFAULT_RESULTS_DIR, "where results/<name>/ goes", env=RESULTS_DIR_ENV
+    )
+    cache_dir: Path = setting(DEFAULT_CACHE_DIR, "preprocessed-image cache", env=CACHE_DIR_ENV)
+    weights_dir: Path = setting(
+        DEFAULT_WEIGHTS_DIR,
+        "local ImageNet weights; see 'run_study.py weights fetch-offline'",
+        env=WEIGHTS_DIR_ENV,
+    )
+    name: str = setting("main", "study name; rerunning the same name resumes it")
+    budget: int = setting(
+        50,
+        "total trials across all families, shared equally between the "
+        "families that can run (a skipped family's share goes to the others; "
+        "the remainder goes to the first families in --families order)",
+    )
+    families: tuple[str, ...] = setting(FAMILY_NAMES, "comma-separated families to search")
+    image_size: int = setting(128, "square model input in pixels (the cache is built at this size)")
+    tuner: str = setting(
+        "hyperband",
+        "Keras-Tuner oracle; hyperband runs early rounds for fewer epochs",
+        choices=TUNERS,
+    )
+    max_epochs: int = setting(12, "epochs for the longest trial")
+    patience: int = setting(5, "EarlyStopping patience on val AUC (epochs)")
+    batch_size: int = setting(32, "training and evaluation batch size")
+    steps_per_epoch: int = setting(
+        0, "training steps per epoch; 0 = one pass over the training split"
+    )
+    seed: int = setting(42, "seeds splits, batches and models")
+    time_budget: float = setting(0.0, "minutes; no new trial starts after this (0 = no limit)")
+    min_sensitivity: float = setting(
+        0.95,
+        "threshold rule: highest specificity with sensitivity >= this, on validation only",
+    )
+    val_fraction: float = internal(default=0.12)
+    test_fraction: float = internal(default=0.15)
+    max_train_images: int = setting(
+        0,
+        "use a seeded, patient-grouped subset of this many train images "
+        "(0 = all; for demos and tests)",
+    )
+    extra_data: tuple[Path, ...] = setting(
+        (), "extra Kaggle-layout folder (e.g. data/feedback) added to train only; repeatable"
+    )
+    verbose: int = setting(
+        0, "Keras per-epoch output (progress lines are always printed)", choices=(0, 1, 2)
+    )
+    workers: int = setting(2, "processes for preprocessing")
+    precision: str = setting("auto", _precision_help(), choices=PRECISION_CHOICES)
+    # Flags for these PreprocessConfig fields; its image_size is --image-size above.
+    preprocess: PreprocessConfig = field(
+        default_factory=PreprocessConfig, metadata={"flags": ("normalise", "resize")}
+    )
+    augment: AugmentConfig = internal(default_factory=AugmentConfig)
 
     @property
     def study_dir(self) -> Path:
@@ -94,17 +146,63 @@ class StudyConfig:
         }
 
 
-def add_data_dir(p: argparse.ArgumentParser) -> None:
-    p.add_argument(
-        "--data-dir",
-        type=Path,
-        default=DEFAULT_DATA_DIR,
-        help="folder in the Kaggle layout <root>/<split>/{NORMAL,PNEUMONIA}/ "
-        "(env PNEUMOSCOPE_DATA_DIR; this repo's CI uses ../shared/data/chest_xray)",
-    )
+# --------------------------------------------------------------------------- flags from fields
+
+
+def _default(f: Field) -> Any:
+    return f.default_factory() if f.default is MISSING else f.default
+
+
+def flag_name(f: Field) -> str:
+    return f.metadata.get("flag", "--" + f.name.replace("_", "-"))
+
+
+def _add_field(p: argparse.ArgumentParser, f: Field, hint: Any) -> None:
+    """One flag: a tuple of paths is repeatable, a tuple of names is comma-separated."""
+    md = f.metadata
+    kw: dict[str, Any] = {"default": _default(f), "help": md["help"]}
+    if "env" in md:
+        kw["help"] += f" (env {md['env']})"
+    if "choices" in md:
+        kw["choices"] = md["choices"]
+    if hint == tuple[Path, ...]:
+        kw.update(type=Path, action="append", default=[])
+    elif hint == tuple[str, ...]:
+        kw["default"] = ",".join(kw["default"])
+    elif hint in (int, float, Path):
+        kw["type"] = hint
+    p.add_argument(flag_name(f), dest=f.name, **kw)
+
+
+def _value(hint: Any, raw: Any) -> Any:
+    """A parsed flag as the field's type (inverse of :func:`_add_field`'s encoding)."""
+    if hint == tuple[str, ...]:
+        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if hint == tuple[Path, ...]:
+        return tuple(raw)
+    return raw
+
+
+def _flag_fields(cls: type) -> list[tuple[Field, Any]]:
+    """(field, type) of every field of ``cls`` that is a flag of its own."""
+    hints = get_type_hints(cls)
+    return [(f, hints[f.name]) for f in fields(cls) if "help" in f.metadata]
+
+
+def _nested_fields(cls: type) -> list[tuple[Field, type]]:
+    """(field, dataclass) of nested configs exposing the fields named in metadata ``flags``."""
+    hints = get_type_hints(cls)
+    return [(f, hints[f.name]) for f in fields(cls) if "flags" in f.metadata]
+
+
+def add_setting(p: argparse.ArgumentParser, name: str) -> None:
+    """Add one StudyConfig setting's flag to another parser (e.g. 'data audit --data-dir')."""
+    f, hint = next((f, h) for f, h in _flag_fields(StudyConfig) if f.name == name)
+    _add_field(p, f, hint)
 
 
 def study_parser() -> argparse.ArgumentParser:
+    """The study's flags, one per StudyConfig setting (nested ones by their own name)."""
     p = argparse.ArgumentParser(
         prog="run_study.py",
         description="AutoML comparison of CNN families for pneumonia on chest X-rays. "
@@ -112,148 +210,31 @@ def study_parser() -> argparse.ArgumentParser:
         "'run_study.py report --study DIR', 'run_study.py weights fetch-offline'.",
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    add_data_dir(p)
-    p.add_argument(
-        "--results-dir",
-        type=Path,
-        default=DEFAULT_RESULTS_DIR,
-        help="where results/<name>/ goes (env PNEUMOSCOPE_RESULTS_DIR)",
-    )
-    p.add_argument(
-        "--cache-dir",
-        type=Path,
-        default=DEFAULT_CACHE_DIR,
-        help="preprocessed-image cache (env PNEUMOSCOPE_CACHE_DIR)",
-    )
-    p.add_argument(
-        "--weights-dir",
-        type=Path,
-        default=DEFAULT_WEIGHTS_DIR,
-        help="local ImageNet weights (env PNEUMOSCOPE_WEIGHTS_DIR); "
-        "see 'run_study.py weights fetch-offline'",
-    )
-    p.add_argument("--name", default="main", help="study name; rerunning the same name resumes it")
-    p.add_argument(
-        "--budget",
-        type=int,
-        default=50,
-        help="total trials across all families, shared equally between the "
-        "families that can run (a skipped family's share goes to the others; "
-        "the remainder goes to the first families in --families order)",
-    )
-    p.add_argument(
-        "--families", default=",".join(ALL_FAMILIES), help="comma-separated families to search"
-    )
-    p.add_argument(
-        "--image-size",
-        type=int,
-        default=128,
-        help="square model input in pixels (the cache is built at this size)",
-    )
-    p.add_argument(
-        "--tuner",
-        choices=TUNERS,
-        default="hyperband",
-        help="Keras-Tuner oracle; hyperband runs early rounds for fewer epochs",
-    )
-    p.add_argument("--max-epochs", type=int, default=12, help="epochs for the longest trial")
-    p.add_argument(
-        "--patience", type=int, default=5, help="EarlyStopping patience on val AUC (epochs)"
-    )
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument(
-        "--steps-per-epoch",
-        type=int,
-        default=0,
-        help="training steps per epoch; 0 = one pass over the training split",
-    )
-    p.add_argument("--seed", type=int, default=42, help="seeds splits, batches and models")
-    p.add_argument(
-        "--time-budget",
-        type=float,
-        default=0.0,
-        help="minutes; no new trial starts after this (0 = no limit)",
-    )
-    p.add_argument(
-        "--min-sensitivity",
-        type=float,
-        default=0.95,
-        help="threshold rule: highest specificity with sensitivity >= this, on validation only",
-    )
-    p.add_argument(
-        "--max-train-images",
-        type=int,
-        default=0,
-        help="use a seeded, patient-grouped subset of this many train images "
-        "(0 = all; for demos and tests)",
-    )
-    p.add_argument(
-        "--extra-data",
-        type=Path,
-        action="append",
-        default=[],
-        help="extra Kaggle-layout folder (e.g. data/feedback) added to train only",
-    )
-    p.add_argument(
-        "--normalise",
-        choices=("clahe", "equalize", "none"),
-        default="clahe",
-        help="exposure/contrast normalisation step of the preprocessing",
-    )
-    p.add_argument(
-        "--resize",
-        choices=("stretch", "pad", "crop"),
-        default="stretch",
-        help="how images become square (see README: why stretch)",
-    )
-    p.add_argument(
-        "--precision",
-        choices=("auto", "float32", "mixed_bfloat16"),
-        default="auto",
-        help="training precision; auto = mixed_bfloat16 for custom_cnn and resnet, float32 for "
-        "efficientnet (its depthwise convs were up to 2.4x slower in bf16 on this CPU)",
-    )
-    p.add_argument("--workers", type=int, default=2, help="processes for preprocessing")
-    p.add_argument(
-        "--verbose",
-        type=int,
-        default=0,
-        choices=(0, 1, 2),
-        help="Keras per-epoch output (progress lines are always printed)",
-    )
+    for f, hint in _flag_fields(StudyConfig):
+        _add_field(p, f, hint)
+    for outer, cls in _nested_fields(StudyConfig):
+        for f, hint in _flag_fields(cls):
+            if f.name in outer.metadata["flags"]:
+                _add_field(p, f, hint)
     return p
 
 
-def config_from_args(a: argparse.Namespace) -> StudyConfig:
-    families = tuple(f.strip() for f in a.families.split(",") if f.strip())
-    unknown = set(families) - set(ALL_FAMILIES)
+def check(cfg: StudyConfig) -> StudyConfig:
+    """Reject settings the parser's types cannot: unknown families, an empty budget."""
+    unknown = set(cfg.families) - set(FAMILY_NAMES)
     if unknown:
-        raise SystemExit(f"unknown families {sorted(unknown)}; choose from {ALL_FAMILIES}")
-    if a.budget < 1:
+        raise SystemExit(f"unknown families {sorted(unknown)}; choose from {FAMILY_NAMES}")
+    if cfg.budget < 1:
         raise SystemExit("--budget must be at least 1")
-    return StudyConfig(
-        data_dir=a.data_dir,
-        results_dir=a.results_dir,
-        cache_dir=a.cache_dir,
-        weights_dir=a.weights_dir,
-        name=a.name,
-        budget=a.budget,
-        families=families,
-        image_size=a.image_size,
-        tuner=a.tuner,
-        max_epochs=a.max_epochs,
-        patience=a.patience,
-        batch_size=a.batch_size,
-        steps_per_epoch=a.steps_per_epoch,
-        seed=a.seed,
-        time_budget=a.time_budget,
-        min_sensitivity=a.min_sensitivity,
-        max_train_images=a.max_train_images,
-        extra_data=tuple(a.extra_data),
-        verbose=a.verbose,
-        workers=a.workers,
-        precision=a.precision,
-        preprocess=PreprocessConfig(
-            image_size=a.image_size, normalise=a.normalise, resize=a.resize
-        ),
-    )
+    return cfg
+
+
+def config_from_args(a: argparse.Namespace) -> StudyConfig:
+    """The StudyConfig of parsed flags; a nested field shared by name (image_size) comes
+    from the top-level flag."""
+    values = {f.name: _value(hint, getattr(a, f.name)) for f, hint in _flag_fields(StudyConfig)}
+    for outer, cls in _nested_fields(StudyConfig):
+        sub = {n: getattr(a, n) for n in outer.metadata["flags"]}
+        sub.update({g.name: values[g.name] for g in fields(cls) if g.name in values})
+        values[outer.name] = cls(**sub)
+    return check(StudyConfig(**values))

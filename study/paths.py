@@ -15,7 +15,11 @@ def env_path(name: str, default: Path) -> Path:
     return Path(os.environ.get(name, str(default)))
 
 
-DEFAULT_DATA_DIR = env_path("PNEUMOSCOPE_DATA_DIR", REPO / "data" / "chest_xray")
-DEFAULT_RESULTS_DIR = env_path("PNEUMOSCOPE_RESULTS_DIR", REPO / "results")
-DEFAULT_CACHE_DIR = env_path("PNEUMOSCOPE_CACHE_DIR", REPO / "data" / "cache")
-DEFAULT_WEIGHTS_DIR = env_path("PNEUMOSCOPE_WEIGHTS_DIR", REPO / "weights")
+DATA_DIR_ENV = "PNEUMOSCOPE_DATA_DIR"
+RESULTS_DIR_ENV = "PNEUMOSCOPE_RESULTS_DIR"
+CACHE_DIR_ENV = "PNEUMOSCOPE_CACHE_DIR"
+WEIGHTS_DIR_ENV = "PNEUMOSCOPE_WEIGHTS_DIR"
+DEFAULT_DATA_DIR = env_path(DATA_DIR_ENV, REPO / "data" / "chest_xray")
+DEFAULT_RESULTS_DIR = env_path(RESULTS_DIR_ENV, REPO / "results")
+DEFAULT_CACHE_DIR = env_path(CACHE_DIR_ENV, REPO / "data" / "cache")
+DEFAULT_WEIGHTS_DIR = env_path(WEIGHTS_DIR_ENV, REPO / "weights")

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 from keras.src.legacy.saving import legacy_h5_format
 
-from search_spaces import FAMILIES
+from search_spaces import hypermodel_class
 from search_spaces.resnet import set_trainable_top_blocks
 from study.models import offline_weights
 from study.models.efficientnet_lite import build_efficientnet_lite
@@ -160,7 +160,7 @@ def test_specificity_hand_example():
 
 def test_compile_metrics_names_and_history_keys():
     assert [m.name for m in compile_metrics()] == list(METRIC_NAMES)
-    hm = FAMILIES["custom_cnn"](SIZE, 0, None)
+    hm = hypermodel_class("custom_cnn")(SIZE, 0, None)
     model = hm.build(_set(hm, stem="space_to_depth4", stages=2, block="residual"))
     rng = np.random.default_rng(0)
     x = rng.random((8, SIZE, SIZE, 1), dtype=np.float32)
@@ -174,7 +174,7 @@ def test_compile_metrics_names_and_history_keys():
 
 
 def test_custom_cnn_random_samples():
-    hm = FAMILIES["custom_cnn"](SIZE, 0, WeightsSource("resnet", False, reason="ignored"))
+    hm = hypermodel_class("custom_cnn")(SIZE, 0, WeightsSource("resnet", False, reason="ignored"))
     for hp in random_hps(hm, 4):
         model = hm.build(hp)
         _check_io(model)
@@ -184,7 +184,7 @@ def test_custom_cnn_random_samples():
 def test_custom_cnn_mixed_bfloat16_output_is_float32():
     keras.mixed_precision.set_global_policy("mixed_bfloat16")
     try:
-        hm = FAMILIES["custom_cnn"](SIZE, 0, None)
+        hm = hypermodel_class("custom_cnn")(SIZE, 0, None)
         model = hm.build(_set(hm, stem="conv7_s2_pool", block="plain"))
         assert model.layers[-1].dtype_policy.compute_dtype == "float32"
         _check_io(model)
@@ -210,7 +210,7 @@ def test_transfer_family_loads_local_weights(family, fixture, arch, kind, stem, 
     wdir = request.getfixturevalue(fixture)
     src = resolve_imagenet_weights(family, wdir)
     assert src.available and src.architecture == arch and src.kind == kind, src
-    hm = FAMILIES[family](SIZE, 0, src)
+    hm = hypermodel_class(family)(SIZE, 0, src)
     expected = None
     for hp in random_hps(hm, 2, seed=1):
         model = hm.build(hp)
@@ -246,9 +246,9 @@ def test_transfer_family_unavailable_without_weights(tmp_path):
         assert not src.available and src.path is None
         assert str(empty) in src.reason
         with pytest.raises(WeightsUnavailableError, match=family):
-            FAMILIES[family](SIZE, 0, src)
+            hypermodel_class(family)(SIZE, 0, src)
         with pytest.raises(WeightsUnavailableError):
-            FAMILIES[family](SIZE, 0, None)
+            hypermodel_class(family)(SIZE, 0, None)
     assert RESNET_FILE in resolve_imagenet_weights("resnet", empty).reason
     assert "fetch-offline" in resolve_imagenet_weights("efficientnet", empty).reason
 
@@ -260,7 +260,9 @@ def test_preprocessing_layers_match_keras_preprocess_input():
         ("ResNet50V2", keras.applications.resnet_v2.preprocess_input),
         ("ResNet50", keras.applications.resnet50.preprocess_input),
     ):
-        hm = FAMILIES["resnet"](SIZE, 0, WeightsSource("resnet", True, "local-file", Path(), arch))
+        hm = hypermodel_class("resnet")(
+            SIZE, 0, WeightsSource("resnet", True, "local-file", Path(), arch)
+        )
         got = np.asarray(hm.make_preprocess()(rgb))
         np.testing.assert_allclose(got, ref(rgb.copy()), rtol=1e-5, atol=1e-4)
 
@@ -268,7 +270,7 @@ def test_preprocessing_layers_match_keras_preprocess_input():
 def test_bn_stays_frozen_and_backbone_lr_multiplier(keras_weights_dir):
     """Fine-tuned blocks move only by lr * multiplier (0 here); BN statistics never move."""
     src = resolve_imagenet_weights("resnet", keras_weights_dir)
-    hm = FAMILIES["resnet"](SIZE, 0, src)
+    hm = hypermodel_class("resnet")(SIZE, 0, src)
     hp = _set(
         hm, fine_tune_blocks=1, fine_tune_lr_mult=0.0, head_units=0, dropout=0.0, optimizer="adam"
     )
@@ -308,9 +310,9 @@ print("reloaded", len(sys.argv) - 1)
 def test_saved_models_reload_without_keras_tuner(tmp_path, keras_weights_dir, lite_weights_dir):
     rng = np.random.default_rng(0)
     x = rng.random((2, SIZE, SIZE, 1), dtype=np.float32)
-    cnn = FAMILIES["custom_cnn"](SIZE, 0, None)
-    res = FAMILIES["resnet"](SIZE, 0, resolve_imagenet_weights("resnet", keras_weights_dir))
-    eff = FAMILIES["efficientnet"](
+    cnn = hypermodel_class("custom_cnn")(SIZE, 0, None)
+    res = hypermodel_class("resnet")(SIZE, 0, resolve_imagenet_weights("resnet", keras_weights_dir))
+    eff = hypermodel_class("efficientnet")(
         SIZE, 0, resolve_imagenet_weights("efficientnet", lite_weights_dir)
     )
     models = {

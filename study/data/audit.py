@@ -508,22 +508,11 @@ class _Progress:
             )
 
 
-def audit_dataset(
-    records: list[ImageRecord],
-    workers: int = 2,
-    progress: bool = True,
-    cache_dir: Path | None = DEFAULT_CACHE_DIR,
-    near_threshold: int = NEAR_DUP_MAX_DISTANCE,
-) -> AuditReport:
-    """Audit every record's file (each read once; cached rows are not re-read).
-
-    ``cache_dir=None`` disables the cache. A pool of ``workers`` processes
-    (spawned, so it is safe after TensorFlow was imported) reads the files;
-    small jobs run in-process because starting workers costs more than they save.
-    """
-    t0 = time.monotonic()
-    records = list(records)
-    cache = _load_cache(cache_dir)
+def _split_cached(
+    records: list[ImageRecord], cache: dict[str, Any]
+) -> tuple[dict[str, AuditRow], list[str]]:
+    """Rows whose file is unchanged since it was cached (same size and mtime), and the
+    paths still to read (each once, in record order)."""
     rows: dict[str, AuditRow] = {}
     todo: list[str] = []
     queued: set[str] = set()
@@ -540,8 +529,14 @@ def audit_dataset(
         elif r.path not in rows and r.path not in queued:
             queued.add(r.path)
             todo.append(r.path)
-    from_cache = len(rows)
+    return rows, todo
 
+
+def _read_files(
+    todo: list[str], workers: int, progress: bool, from_cache: int
+) -> dict[str, AuditRow]:
+    """Audit each file in ``todo``: in a spawned pool for big jobs, in-process otherwise."""
+    rows: dict[str, AuditRow] = {}
     bar = _Progress(len(todo), progress and bool(todo))
     if progress and todo:
         print(
@@ -559,15 +554,43 @@ def audit_dataset(
         for p in todo:
             rows[p] = audit_file(p)
             bar.step()
+    return rows
 
+
+def _update_cache(
+    cache_dir: Path, cache: dict[str, Any], rows: dict[str, AuditRow], todo: list[str]
+) -> None:
+    """Add the rows just read to the cache; a vanished file is not cached."""
+    for p in todo:
+        row = rows[p]
+        if row.size or row.mtime_ns:
+            d = asdict(row)
+            d.pop("path")
+            cache[os.path.abspath(p)] = d
+    _save_cache(cache_dir, cache)
+
+
+def audit_dataset(
+    records: list[ImageRecord],
+    workers: int = 2,
+    progress: bool = True,
+    cache_dir: Path | None = DEFAULT_CACHE_DIR,
+    near_threshold: int = NEAR_DUP_MAX_DISTANCE,
+) -> AuditReport:
+    """Audit every record's file (each read once; cached rows are not re-read).
+
+    ``cache_dir=None`` disables the cache. A pool of ``workers`` processes
+    (spawned, so it is safe after TensorFlow was imported) reads the files;
+    small jobs run in-process because starting workers costs more than they save.
+    """
+    t0 = time.monotonic()
+    records = list(records)
+    cache = _load_cache(cache_dir)
+    rows, todo = _split_cached(records, cache)
+    from_cache = len(rows)
+    rows.update(_read_files(todo, workers, progress, from_cache))
     if todo and cache_dir is not None:
-        for p in todo:
-            row = rows[p]
-            if row.size or row.mtime_ns:  # a vanished file is not cached
-                d = asdict(row)
-                d.pop("path")
-                cache[os.path.abspath(p)] = d
-        _save_cache(cache_dir, cache)
+        _update_cache(cache_dir, cache, rows, todo)
 
     ordered = [rows[r.path] for r in records]
     exact, near, worst = find_duplicates(ordered, near_threshold)

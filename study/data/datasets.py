@@ -88,15 +88,8 @@ def _arrays(cache: ImageCache, records: list[ImageRecord]) -> SplitArrays:
     )
 
 
-def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
-    """The whole data stage of a study, printing what it does.
-
-    Distributed workers pass ``write_artifacts=False``: they need the arrays, while
-    the chief alone writes splits.json, audit.json and the figures.
-    """
-
-    out = cfg.study_dir
-    out.mkdir(parents=True, exist_ok=True)
+def _scan(cfg: StudyConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
+    """The study's images (optionally a patient-grouped subset) and the extra training data."""
     records = data_mod.scan(cfg.data_dir)
     if cfg.max_train_images:
         records = subset_by_patient(records, cfg.max_train_images, cfg.seed)
@@ -106,8 +99,14 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
         + (f" + {len(extra)} reviewed uploads" if extra else ""),
         flush=True,
     )
+    return records, extra
 
-    audit = audit_dataset(records + extra, workers=cfg.workers, cache_dir=cfg.cache_dir / "audit")
+
+def _split(
+    cfg: StudyConfig, records: list[ImageRecord], extra: list[ImageRecord], audit: AuditReport
+) -> SplitPlan:
+    """Patient splits that keep duplicates together; extra data goes to train; the
+    unreadable files are dropped."""
     plan = data_mod.make_splits(
         records,
         linked=audit.linked_clusters(),
@@ -122,15 +121,17 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
     if corrupt:
         plan.notes.append(f"skipped {len(corrupt)} unreadable files (listed in audit.json)")
         plan.records = [r for r in plan.records if r.path not in corrupt]
-    if write_artifacts:
-        plan.write(out / "splits.json")
+    return plan
+
+
+def _write_artifacts(out: Path, plan: SplitPlan, audit: AuditReport) -> None:
+    plan.write(out / "splits.json")
     audit_json = audit.to_json()
     audit_json["after_split"] = audit.cross_split(plan)
-    if write_artifacts:
-        (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
-    print(audit.summary(), flush=True)
-    print(plan.summary(), flush=True)
+    (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
 
+
+def _cache(cfg: StudyConfig, plan: SplitPlan) -> ImageCache:
     cache = build_cache(
         [r.path for r in plan.records], cfg.preprocess, cfg.cache_dir, workers=cfg.workers
     )
@@ -140,6 +141,25 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
         file=sys.stderr,
         flush=True,
     )
+    return cache
+
+
+def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
+    """The whole data stage of a study, printing what it does.
+
+    Distributed workers pass ``write_artifacts=False``: they need the arrays, while
+    the chief alone writes splits.json, audit.json and the figures.
+    """
+    out = cfg.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    records, extra = _scan(cfg)
+    audit = audit_dataset(records + extra, workers=cfg.workers, cache_dir=cfg.cache_dir / "audit")
+    plan = _split(cfg, records, extra, audit)
+    if write_artifacts:
+        _write_artifacts(out, plan, audit)
+    print(audit.summary(), flush=True)
+    print(plan.summary(), flush=True)
+    cache = _cache(cfg, plan)
     return StudyData(
         plan,
         _arrays(cache, plan.of("train")),

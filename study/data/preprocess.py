@@ -34,8 +34,8 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
 
 import cv2
 import numpy as np
@@ -43,6 +43,8 @@ import numpy as np
 SCALE = np.float32(1.0 / 255.0)
 ResizeMode = Literal["stretch", "pad", "crop"]
 NormaliseMode = Literal["clahe", "equalize", "none"]
+RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
+NORMALISE_MODES: tuple[str, ...] = get_args(NormaliseMode)
 
 
 class ImageDecodeError(ValueError):
@@ -54,10 +56,22 @@ class PreprocessConfig:
     """Everything that changes the pixels; hashed into the cache key and winner.json."""
 
     image_size: int = 128
-    normalise: NormaliseMode = "clahe"
+    normalise: NormaliseMode = field(
+        default="clahe",
+        metadata={
+            "help": "exposure/contrast normalisation step of the preprocessing",
+            "choices": NORMALISE_MODES,
+        },
+    )
     clahe_clip: float = 2.0
     clahe_tiles: int = 8
-    resize: ResizeMode = "stretch"
+    resize: ResizeMode = field(
+        default="stretch",
+        metadata={
+            "help": "how images become square (see README: why stretch)",
+            "choices": RESIZE_MODES,
+        },
+    )
     window_percentiles: tuple[float, float] = (0.5, 99.5)
 
     def to_dict(self) -> dict[str, Any]:

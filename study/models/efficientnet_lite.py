@@ -232,6 +232,25 @@ def build_efficientnet_lite(
         name: model name, default ``efficientnet_lite0`` etc.
     """
     params = _params(variant)
+    _check_args(input_shape, include_top, weights, pooling, classes)
+    inputs = keras.Input(shape=input_shape, name="input")
+    x = _features(inputs, variant, drop_connect_rate)
+    rate = params.dropout if dropout_rate is None else dropout_rate
+    x = _top(x, include_top, pooling, rate, classes, classifier_activation)
+    model = keras.Model(inputs, x, name=name or f"efficientnet_{variant}")
+    if weights is not None:
+        load_weights_by_name(model, Path(weights), variant)
+    return model
+
+
+def _check_args(
+    input_shape: tuple[int, int, int],
+    include_top: bool,
+    weights: str | Path | None,
+    pooling: str | None,
+    classes: int,
+) -> None:
+    """Reject combinations the ImageNet weights or the head cannot serve, before building."""
     if weights is not None and input_shape[-1] != 3:
         raise ValueError(f"ImageNet weights need 3 input channels, got input_shape={input_shape}")
     if include_top and weights is not None and classes != NUM_CLASSES:
@@ -239,10 +258,13 @@ def build_efficientnet_lite(
     if pooling not in (None, "avg", "max"):
         raise ValueError(f"pooling must be None, 'avg' or 'max', got {pooling!r}")
 
-    inputs = keras.Input(shape=input_shape, name="input")
+
+def _features(x: Any, variant: str, drop_connect_rate: float) -> Any:
+    """Stem, the MBConv blocks (drop-connect growing with block index) and the head conv:
+    the ``(H/32, W/32, 1280)`` feature map."""
     x = keras.layers.Conv2D(
         STEM_FILTERS, 3, strides=2, padding="same", use_bias=False, name="stem_conv"
-    )(inputs)
+    )(x)
     x = _bn("stem_bn")(x)
     x = _relu6("stem_activation")(x)
 
@@ -252,23 +274,28 @@ def build_efficientnet_lite(
 
     x = keras.layers.Conv2D(HEAD_FILTERS, 1, padding="same", use_bias=False, name="top_conv")(x)
     x = _bn("top_bn")(x)
-    x = _relu6("top_activation")(x)
+    return _relu6("top_activation")(x)
 
+
+def _top(
+    x: Any,
+    include_top: bool,
+    pooling: str | None,
+    rate: float,
+    classes: int,
+    activation: str | None,
+) -> Any:
+    """The ImageNet classifier (pool, dropout, dense) or, headless, the optional pooling."""
     if include_top:
         x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-        rate = params.dropout if dropout_rate is None else dropout_rate
         if rate > 0:
             x = keras.layers.Dropout(rate, name="top_dropout")(x)
-        x = keras.layers.Dense(classes, activation=classifier_activation, name="predictions")(x)
-    elif pooling == "avg":
-        x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
-    elif pooling == "max":
-        x = keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
-
-    model = keras.Model(inputs, x, name=name or f"efficientnet_{variant}")
-    if weights is not None:
-        load_weights_by_name(model, Path(weights), variant)
-    return model
+        return keras.layers.Dense(classes, activation=activation, name="predictions")(x)
+    if pooling == "avg":
+        return keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
+    if pooling == "max":
+        return keras.layers.GlobalMaxPooling2D(name="max_pool")(x)
+    return x
 
 
 def load_weights_by_name(model: keras.Model, path: Path, variant: str = "lite0") -> None:

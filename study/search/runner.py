@@ -11,15 +11,18 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import tensorflow as tf
 
-from study.config import FAMILY_PRECISION, StudyConfig
+from search_spaces import FAMILIES, dtype_policy
 from study.data.datasets import StudyData
 from study.search.pipeline import eval_dataset, steps_per_epoch, train_dataset
 from study.search.trial_log import load_trials
 from study.search.tuning import StudyProgress, TrialContext, make_tuner
+
+if TYPE_CHECKING:  # the config is passed down; the search stage never imports it at run time
+    from study.config import StudyConfig
 
 
 @dataclass
@@ -57,13 +60,13 @@ def use_family_port(index: int) -> None:
 
 def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """Hypermodel per runnable family; skipped families with their reason; weights used."""
-    from search_spaces import FAMILIES
     from study.models.weights import resolve_imagenet_weights
 
     runnable, skipped, used = {}, {}, {}
     for fam in cfg.families:
-        if fam == "custom_cnn":
-            runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=None)
+        hypermodel = FAMILIES[fam].hypermodel_class()
+        if not FAMILIES[fam].needs_weights:
+            runnable[fam] = hypermodel(image_size=cfg.image_size, seed=cfg.seed, weights=None)
             continue
         src = resolve_imagenet_weights(fam, cfg.weights_dir)
         if not src.available:
@@ -71,7 +74,7 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
             print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
             continue
         used[fam] = f"ImageNet ({src.kind}: {Path(src.path).name})"
-        runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=src)
+        runnable[fam] = hypermodel(image_size=cfg.image_size, seed=cfg.seed, weights=src)
     return runnable, skipped, used
 
 
@@ -94,7 +97,7 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
-        policy = FAMILY_PRECISION[fam] if cfg.precision == "auto" else cfg.precision
+        policy = dtype_policy(fam, cfg.precision)
         ctx = TrialContext(
             cfg.study_dir,
             fam,

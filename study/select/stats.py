@@ -25,7 +25,7 @@ Conventions: label 1 = pneumonia (positive); a case is called positive when
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Literal
 
 import numpy as np
@@ -262,45 +262,72 @@ def bootstrap_ci(
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
     g = np.asarray(groups).ravel()
+    _check_bootstrap_args(y, g, metric, threshold)
+    _, inv = np.unique(g, return_inverse=True)
+    n_groups = int(inv.max()) + 1
+    # Bound the (chunk, n_groups) and, for AUC, (chunk, n_images) matrices to ~8 MB each.
+    chunk = max(1, min(n_boot, 1_000_000 // max(n_groups, y.size if metric == "auc" else 1)))
+    if metric == "auc":
+        if y.sum() in (0, y.size):
+            raise ValueError("AUC needs both classes")
+        point = float(roc_auc_score(y, p))
+
+        def replicate(mult: np.ndarray) -> np.ndarray:
+            return weighted_auc(y, p, mult[:, inv])
+    else:
+        per_group = _group_confusion(y, (p >= threshold).astype(np.int64), inv, n_groups)
+        point = float(_metric_from_counts(metric, *per_group.sum(axis=0)))
+
+        def replicate(mult: np.ndarray) -> np.ndarray:
+            return _metric_from_counts(metric, *(mult @ per_group).T)
+
+    reps = _replicates(replicate, n_groups, n_boot, chunk, np.random.default_rng(seed))
+    return _percentile_ci(reps, point, metric, alpha, n_groups)
+
+
+def _check_bootstrap_args(y: np.ndarray, g: np.ndarray, metric: str, threshold: Any) -> None:
     if g.shape[0] != y.size:
         raise ValueError(f"got {g.shape[0]} group ids for {y.size} labels")
     if metric not in (*THRESHOLD_METRICS, "auc"):
         raise ValueError(f"unknown metric {metric!r}; use accuracy, sensitivity, specificity, auc")
     if metric != "auc" and threshold is None:
         raise ValueError(f"{metric} needs a threshold (choose it on validation data)")
-    _, inv = np.unique(g, return_inverse=True)
-    n_groups = int(inv.max()) + 1
-    rng = np.random.default_rng(seed)
+
+
+def _group_confusion(y: np.ndarray, pred: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    """Per-group confusion counts, shape ``(n_groups, 4)``: tn, fp, fn, tp."""
+    return np.stack(
+        [
+            np.bincount(inv, weights=(y == 0) & (pred == 0), minlength=n_groups),
+            np.bincount(inv, weights=(y == 0) & (pred == 1), minlength=n_groups),
+            np.bincount(inv, weights=(y == 1) & (pred == 0), minlength=n_groups),
+            np.bincount(inv, weights=(y == 1) & (pred == 1), minlength=n_groups),
+        ],
+        axis=1,
+    )
+
+
+def _replicates(
+    replicate: Callable[[np.ndarray], np.ndarray],
+    n_groups: int,
+    n_boot: int,
+    chunk: int,
+    rng: np.random.Generator,
+) -> np.ndarray:
+    """``n_boot`` metric values, ``chunk`` resamples (group multiplicities) at a time."""
     reps = np.empty(n_boot)
-    # Bound the (chunk, n_groups) and, for AUC, (chunk, n_images) matrices to ~8 MB each.
-    chunk = max(1, min(n_boot, 1_000_000 // max(n_groups, y.size if metric == "auc" else 1)))
-
-    if metric == "auc":
-        if y.sum() in (0, y.size):
-            raise ValueError("AUC needs both classes")
-        point = float(roc_auc_score(y, p))
-    else:
-        pred = (p >= threshold).astype(np.int64)
-        per_group = np.stack(
-            [
-                np.bincount(inv, weights=(y == 0) & (pred == 0), minlength=n_groups),
-                np.bincount(inv, weights=(y == 0) & (pred == 1), minlength=n_groups),
-                np.bincount(inv, weights=(y == 1) & (pred == 0), minlength=n_groups),
-                np.bincount(inv, weights=(y == 1) & (pred == 1), minlength=n_groups),
-            ],
-            axis=1,
-        )
-        point = float(_metric_from_counts(metric, *per_group.sum(axis=0)))
-
     for start in range(0, n_boot, chunk):
         mult = _multiplicities(rng, n_groups, min(chunk, n_boot - start))
-        if metric == "auc":
-            reps[start : start + len(mult)] = weighted_auc(y, p, mult[:, inv])
-        else:
-            reps[start : start + len(mult)] = _metric_from_counts(metric, *(mult @ per_group).T)
+        reps[start : start + len(mult)] = replicate(mult)
+    return reps
 
+
+def _percentile_ci(
+    reps: np.ndarray, point: float, metric: str, alpha: float, n_groups: int
+) -> BootstrapCI:
+    """Percentile interval over the replicates where the metric is defined."""
     valid = reps[np.isfinite(reps)]
-    n_skipped = int(n_boot - valid.size)
+    n_skipped = int(reps.size - valid.size)
     if valid.size == 0:
         raise ValueError(f"every bootstrap resample left {metric} undefined")
     lo, hi = np.percentile(valid, [100 * alpha / 2, 100 * (1 - alpha / 2)])
@@ -309,7 +336,7 @@ def bootstrap_ci(
         float(lo),
         float(hi),
         metric=metric,
-        n_boot=n_boot,
+        n_boot=reps.size,
         n_skipped=n_skipped,
         alpha=alpha,
         n_groups=n_groups,

@@ -7,18 +7,20 @@ import json
 import platform
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import keras
 import numpy as np
 
-from study.config import StudyConfig
 from study.data.datasets import SplitArrays, StudyData
 from study.data.records import CLASS_NAMES
 from study.search.pipeline import eval_dataset
 from study.search.trial_log import load_trials, objective
 from study.select import stats
 from study.select.model_io import copy_export, export_winner
+
+if TYPE_CHECKING:  # the config is passed down; the selection stage never imports it at run time
+    from study.config import StudyConfig
 
 PACKAGES = (
     "tensorflow-cpu",
