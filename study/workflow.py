@@ -54,16 +54,17 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     if not lead:
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
         return {"role": role}
-    from study.select.winner import finish_study
+    from study.select.stats import fmt_duration
+    from study.select.winner import finish_study, write_summary
 
     summary = finish_study(cfg, data, outcome.skipped, outcome.used)
     summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
-    (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_summary(cfg.study_dir, summary)
     _print_winner(summary)
     _write_report(cfg)
     print(
-        f"done in {summary['seconds'] / 60:.1f} min this run; its {summary['n_trials']} trials "
-        f"trained for {summary['trial_seconds'] / 60:.1f} min over all runs: {cfg.study_dir}",
+        f"done in {fmt_duration(summary['seconds'])} this run; its {summary['n_trials']} trials "
+        f"trained for {fmt_duration(summary['trial_seconds'])} over all runs: {cfg.study_dir}",
         flush=True,
     )
     return summary

@@ -34,6 +34,7 @@ from scipy import stats as sps
 from study.data.preprocess import PreprocessConfig, decode, load_for_model, to_grayscale, window
 from study.data.records import ImageRecord
 from study.select import stats
+from study.select.stats import fmt_p
 
 #: Gallery cap per kind (false negatives, false positives). The official test
 #: split has 624 images (234 NORMAL, 390 PNEUMONIA), so even a model that gets
@@ -440,10 +441,6 @@ def _card(c: Case, overlay: Any, frac: float | None) -> dict[str, Any]:
         "overlay": overlay,
         "lung_fraction": frac,
     }
-
-
-def fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
 
 
 def _size_word(d: float) -> str:

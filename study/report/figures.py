@@ -106,7 +106,7 @@ def training_curves(history: Sequence[Mapping[str, float]], title: str, best_epo
 def objective_spread(
     per_family: Mapping[str, Sequence[float]], colours: Mapping[str, str]
 ) -> bytes:
-    """Every trial's val AUC per family: a box with the individual trials on top."""
+    """Every trial's objective (exact val AUC) per family: a box with the trials on top."""
     fams = list(per_family)
     fig = Figure(layout="constrained", figsize=(max(4.5, 1.8 * len(fams) + 2), 3.4))
     ax = fig.subplots()
@@ -118,7 +118,7 @@ def objective_spread(
         ax.scatter(i + jitter, vals, s=18, color=colours[f], zorder=3, alpha=0.8)
     labels = [f"{f}\n(n={len(d)})" for f, d in zip(fams, data, strict=True)]
     ax.set_xticks(range(1, len(fams) + 1), labels)
-    ax.set_ylabel("validation ROC-AUC (objective)")
+    ax.set_ylabel("exact validation ROC-AUC (objective)")
     ax.set_title("Objective of every trial, per family", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return png_bytes(fig)

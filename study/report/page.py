@@ -28,7 +28,13 @@ from typing import Any
 import numpy as np
 
 from study.report import figures as rf
-from study.search.trial_log import VERDICT_RULE, fit_verdict, load_trials, read_history
+from study.search.trial_log import (
+    VERDICT_RULE,
+    fit_verdict,
+    load_trials,
+    objective,
+    read_history,
+)
 from study.select import stats
 
 REPO = Path(__file__).resolve().parents[1]
@@ -71,16 +77,6 @@ def _read_preds(path: Path) -> dict[str, Any] | None:
         "y": np.array([int(r["label"]) for r in rows], np.int64),
         "p": np.array([float(r["probability_pneumonia"]) for r in rows], np.float64),
     }
-
-
-def _fmt_seconds(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
 
 
 def _fmt_hp(v: Any) -> str:
@@ -153,91 +149,86 @@ def data_section(study_dir: Path) -> dict[str, Any]:
 
 
 def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
-    """Every trial with its curves; skipped families with their reason."""
-    trials = load_trials(study_dir)
-    rows = []
-    for t in trials:
-        tid = f"{t['family']}-{t['trial_id']}"
-        hist = read_history(Path(t["dir"]) / "history.csv")
-        # Judge from the curves with the rule quoted in the report, not the one stored at
-        # training time, so the leaderboard and its stated rule always agree.
-        exact = _exact_val_auc(Path(t["dir"]) / "val_predictions.csv")
-        verdict, reason = (
-            fit_verdict(hist, exact)
-            if hist
-            else (t.get("verdict", "-"), t.get("verdict_reason", ""))
-        )
-        curve = None
-        if hist:
-            png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
-            curve = rf.data_uri(png)
-        val = t.get("val", {})
-        run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
-        if t.get("stopped_early"):
-            stop = f"stopped at epoch {run} of {planned}; kept epoch {t.get('best_epoch')}"
-        else:
-            stop = f"ran all {planned}; kept epoch {t.get('best_epoch')}"
-        rows.append(
-            {
-                "id": tid,
-                "anchor": "curve-"
-                + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in tid),
-                "family": t["family"],
-                "hp": [(k, _fmt_hp(v)) for k, v in sorted(t.get("hyperparameters", {}).items())],
-                "epochs_run": run,
-                "epochs_planned": planned,
-                "best_epoch": t.get("best_epoch"),
-                "stopped_early": bool(t.get("stopped_early")),
-                "stop_text": stop,
-                "auc": val.get("auc"),
-                "auc_exact": exact,
-                "precision": val.get("precision"),
-                "recall": val.get("recall"),
-                "specificity": val.get("specificity"),
-                "loss": val.get("loss"),
-                "seconds": t.get("seconds"),
-                "time": _fmt_seconds(t.get("seconds")),
-                "params": t.get("params"),
-                "verdict": verdict,
-                "verdict_reason": reason,
-                "curve": curve,
-            }
-        )
-    rows.sort(key=lambda r: -(r["auc"] if r["auc"] is not None else -1))
+    """Every trial with its curves, ranked by the study's objective; skipped families."""
+    rows = [_trial_row(t) for t in load_trials(study_dir)]
+    # The winner is the trial with the highest objective, so row 1 is always the winner.
+    rows.sort(key=lambda r: -r["objective"])
     for i, r in enumerate(rows, start=1):
         r["rank"] = i
     gaps = [abs(r["auc"] - r["auc_exact"]) for r in rows if None not in (r["auc"], r["auc_exact"])]
-    skipped = (summary or {}).get("skipped") or {}
-    if not skipped:
-        cfg = _json(study_dir / "config.json") or {}
-        wanted = (cfg.get("config") or {}).get("families", [])
-        ran = {r["family"] for r in rows}
-        skipped = {f: "no finished trial (study interrupted?)" for f in wanted if f not in ran}
     return {
         "rows": rows,
-        "skipped": skipped,
+        "skipped": _skipped_families(study_dir, summary, {r["family"] for r in rows}),
         "verdict_rule": VERDICT_RULE,
         "max_auc_gap": max(gaps) if gaps else None,
     }
 
 
-def _exact_val_auc(path: Path) -> float | None:
-    """ROC-AUC from the trial's saved validation predictions (ties handled exactly).
+def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
+    """One leaderboard row: hyperparameters, stopping, validation metrics, fit verdict, curve."""
+    tid = f"{t['family']}-{t['trial_id']}"
+    hist = read_history(Path(t["dir"]) / "history.csv")
+    val = t.get("val", {})
+    exact = val.get("auc_exact")
+    # Judge from the curves with the rule quoted in the report, not the one stored at
+    # training time, so the leaderboard and its stated rule always agree.
+    verdict, reason = (
+        fit_verdict(hist, exact) if hist else (t.get("verdict", "-"), t.get("verdict_reason", ""))
+    )
+    curve = None
+    if hist:
+        png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
+        curve = rf.data_uri(png)
+    run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
+    kept = f"kept epoch {t.get('best_epoch')}"
+    stop = (
+        f"stopped at epoch {run} of {planned}; {kept}"
+        if t.get("stopped_early")
+        else (f"ran all {planned}; {kept}")
+    )
+    return {
+        "id": tid,
+        "anchor": "curve-" + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in tid),
+        "family": t["family"],
+        "hp": [(k, _fmt_hp(v)) for k, v in sorted(t.get("hyperparameters", {}).items())],
+        "epochs_run": run,
+        "epochs_planned": planned,
+        "best_epoch": t.get("best_epoch"),
+        "stopped_early": bool(t.get("stopped_early")),
+        "stop_text": stop,
+        "objective": objective(t),
+        "auc": val.get("auc"),
+        "auc_exact": exact,
+        "precision": val.get("precision"),
+        "recall": val.get("recall"),
+        "specificity": val.get("specificity"),
+        "seconds": t.get("seconds"),
+        "time": stats.fmt_duration(t.get("seconds")),
+        "params": t.get("params"),
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "curve": curve,
+    }
 
-    The objective logged by Keras is a streaming AUC over 200 fixed thresholds; when a
-    model's probabilities bunch together (typical for short trainings) it can be far off.
-    """
-    d = _read_preds(path)
-    if d is None or not 0 < d["y"].sum() < len(d["y"]):
-        return None
-    return stats.binary_metrics(d["y"], d["p"], 0.5)["auc"]
+
+def _skipped_families(
+    study_dir: Path, summary: dict[str, Any] | None, ran: set[str]
+) -> dict[str, str]:
+    """Families with no model and why: from the summary, else the configured ones that never ran."""
+    skipped = (summary or {}).get("skipped") or {}
+    if skipped:
+        return skipped
+    cfg = _json(study_dir / "config.json") or {}
+    wanted = (cfg.get("config") or {}).get("families", [])
+    return {f: "no finished trial (study interrupted?)" for f in wanted if f not in ran}
 
 
 def _family_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each family's objective over its trials (best, median, worst, IQR), best family first."""
     fams: dict[str, list[float]] = {}
     for r in rows:
-        if r["auc"] is not None:
-            fams.setdefault(r["family"], []).append(float(r["auc"]))
+        if math.isfinite(r["objective"]):
+            fams.setdefault(r["family"], []).append(r["objective"])
     out = []
     for f, v in fams.items():
         q = np.percentile(v, [25, 75])
@@ -262,18 +253,6 @@ def _ci(y: np.ndarray, p: np.ndarray, g: list[str], metric: str, thr: float) -> 
     except ValueError as e:
         return {"metric": metric, "point": None, "lo": None, "hi": None, "note": str(e)}
     return ci.to_dict()
-
-
-def _holm(pvals: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values: several pairwise tests, one family-wise error rate."""
-    m = len(pvals)
-    order = sorted(range(m), key=lambda i: pvals[i])
-    adj = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvals[i]))
-        adj[i] = running
-    return adj
 
 
 def compare_section(
@@ -379,7 +358,7 @@ def compare_section(
             problems.append(f"DeLong {a} vs {b}: {e}")
         else:
             tests.append({"a": a, "b": b, "result": dl, "what": "ROC-AUC"})
-    adj = _holm([t["result"]["p_value"] for t in tests]) if tests else []
+    adj = stats.holm([t["result"]["p_value"] for t in tests]) if tests else []
     for t, p_adj in zip(tests, adj, strict=True):
         t["p_holm"] = p_adj
         t["verdict"] = stats.verdict(t["a"], t["b"], t["result"], alpha=ALPHA)
@@ -532,13 +511,8 @@ def _environment() -> Any:
     def pct(v: Any, digits: int = 1) -> str:
         return "-" if v is None else f"{100 * float(v):.{digits}f}%"
 
-    def pval(v: Any) -> str:
-        if v is None:
-            return "-"
-        return "< 0.001" if v < 0.001 else f"{v:.3f}"
-
     def sortval(v: Any) -> str:
-        return "" if v is None else str(v)
+        return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
 
     def img(pic: rf.Picture | None, alt: str, missing: str = "image not available") -> Any:
         if pic is None:
@@ -547,7 +521,7 @@ def _environment() -> Any:
             pic.uri, pic.width, pic.height, alt
         )
 
-    env.filters.update(num=num, pct=pct, pval=pval, sortval=sortval)
+    env.filters.update(num=num, pct=pct, fmt_p=stats.fmt_p, sortval=sortval)
     env.globals["img"] = img
     return env
 
@@ -582,7 +556,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": len(board["rows"]),
-        "study_seconds": _fmt_seconds(
+        "study_seconds": stats.fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),
     }

@@ -13,8 +13,11 @@ can be traced to one function:
   makes intervals too narrow.
 * :func:`mcnemar` (paired accuracies) and :func:`delong` (paired AUCs): every
   model is scored on the same test images, so the comparisons must be paired.
+* :func:`holm`: adjusted p-values when several pairwise tests are read together.
 * :func:`verdict`: one plain-language sentence per test, so the report never
   calls a difference "better" without a p-value beside it.
+* :func:`fmt_p` and :func:`fmt_duration`: the one way a p-value or a wall time is
+  written, in the report's sentences, its tables and the progress lines.
 * :func:`calibration` and :func:`effect_size`: reliability curve and the error
   analysis (do errors differ from correct cases in intensity, contrast, ...?).
 
@@ -428,8 +431,40 @@ def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
     }
 
 
-def _fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+# ----------------------------------------------------------------- multiple tests, formatting
+
+
+def holm(pvals: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: several pairwise tests, one family-wise error rate."""
+    m = len(pvals)
+    order = sorted(range(m), key=lambda i: pvals[i])
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvals[i]))
+        adj[i] = running
+    return adj
+
+
+def fmt_p(p: float | None, *, prefix: bool = True) -> str:
+    """A p-value as every sentence and table of the report writes it.
+
+    "p < 0.001" below 0.001, three decimals below 0.01, else two; ``prefix=False`` drops
+    the "p" for table cells headed "p". None or NaN reads "-".
+    """
+    if p is None or not math.isfinite(p):
+        return "-"
+    text = "< 0.001" if p < 0.001 else f"= {p:.3f}" if p < 0.01 else f"= {p:.2f}"
+    return f"p {text}" if prefix else text.removeprefix("= ")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Wall time as the progress lines and the report write it: 1h05m, or 4m07s under an hour."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    h, rem = divmod(int(max(0.0, seconds)), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float = 0.05) -> str:
@@ -443,7 +478,7 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
         detail = f"; {test_result['b']} vs {test_result['c']} discordant images"
     else:
         detail = ""
-    stat = f"({test} {_fmt_p(p)}{detail})"
+    stat = f"({test} {fmt_p(p)}{detail})"
     values = f" ({va:.3f} vs {vb:.3f})" if va is not None and vb is not None else ""
     if p < alpha and va is not None and vb is not None and va != vb:
         hi_name, lo_name = (name_a, name_b) if va > vb else (name_b, name_a)

@@ -20,6 +20,7 @@ from study.search.trial_log import load_trials, objective
 from study.select import stats
 from study.select.model_io import copy_export, export_winner
 
+SUMMARY_NAME = "summary.json"
 PACKAGES = (
     "tensorflow-cpu",
     "keras",
@@ -65,6 +66,11 @@ def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         if t["family"] not in best or objective(t) > objective(best[t["family"]]):
             best[t["family"]] = t
     return best
+
+
+def winning_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's winner: the trial with the highest objective, chosen on validation only."""
+    return max(best_per_family(trials).values(), key=objective)
 
 
 def model_info(
@@ -138,7 +144,7 @@ def finish_study(
         # families/<fam>/winner/ is this family's best, loadable like the winner itself.
         infos[fam] = model_info(cfg, data, t, families[fam], skipped)
         export_winner(model, infos[fam], fam_dir)
-    win_fam = max(bests, key=lambda f: objective(bests[f]))
+    win_fam = winning_trial(trials)["family"]
     copy_export(study_dir / "families" / win_fam, study_dir)  # the same files, not re-exported
     summary = {
         "winner": infos[win_fam],
@@ -148,5 +154,15 @@ def finish_study(
         # A resumed study's true cost: the training time of every trial, whichever run did it.
         "trial_seconds": sum(t.get("seconds", 0.0) for t in trials),
     }
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def write_summary(study_dir: Path, summary: dict[str, Any]) -> Path:
+    """results/<study>/summary.json, the report's record of every family and the winner.
+
+    The only writer of that file: the workflow calls it once, after adding this run's
+    wall time to what :func:`finish_study` returned.
+    """
+    path = Path(study_dir) / SUMMARY_NAME
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    return path
