@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from study.paths import REPO
 from study.report import figures as rf
 from study.search.trial_log import (
     VERDICT_RULE,
@@ -37,7 +38,6 @@ from study.search.trial_log import (
 )
 from study.select import stats
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "report_templates"
 REPORT_NAME = "report.html"
 #: Data figures written by the data stage, in the order the report shows them.
