@@ -52,6 +52,16 @@ CI_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 N_BOOT = 2000
 ALPHA = 0.05
+#: (key in the metrics dict, label in the winner's metric table)
+WINNER_METRICS = (
+    ("accuracy", "accuracy"),
+    ("sensitivity", "sensitivity (recall)"),
+    ("specificity", "specificity"),
+    ("precision", "precision (PPV)"),
+    ("f1", "F1"),
+    ("auc", "ROC-AUC"),
+    ("pr_auc", "PR-AUC (average precision)"),
+)
 
 
 # --------------------------------------------------------------------------- loading
@@ -92,60 +102,67 @@ def data_section(study_dir: Path) -> dict[str, Any]:
     """Split sizes, the audit's findings and how they were resolved, the data figures."""
     splits = _json(study_dir / "splits.json")
     audit = _json(study_dir / "audit.json")
-    out: dict[str, Any] = {"splits": None, "audit": None, "figures": []}
-    if splits:
-        rows = []
-        for s, size in splits.get("sizes", {}).items():
-            rows.append(
-                {
-                    "split": s,
-                    "normal": size.get("NORMAL", 0),
-                    "pneumonia": size.get("PNEUMONIA", 0),
-                    "total": size.get("total", 0),
-                    "patients": len(splits.get("patients", {}).get(s, [])),
-                }
-            )
-        out["splits"] = {
-            "rows": rows,
-            "test_source": splits.get("test_source", "unknown"),
-            "notes": splits.get("notes", []),
-        }
-    if audit:
-        exact = audit.get("exact_duplicates", [])
-        near = audit.get("near_duplicates", [])
-        source = audit.get("cross_split", {}).get("source", {})
-        after = audit.get("after_split", {}).get("plan", {})
-        out["audit"] = {
-            "n_files": audit.get("n_files"),
-            "counts": audit.get("counts", {}),
-            "exact_clusters": len(exact),
-            "exact_files": sum(len(c) for c in exact),
-            "near_clusters": len(near),
-            "near_files": sum(len(c.get("files", [])) for c in near),
-            "near_rule": audit.get("near_duplicate_rule", ""),
-            "spanning_patients": audit.get("clusters_spanning_patients", 0),
-            "corrupt": audit.get("corrupt", []),
-            "source_patients": len(source.get("patients", [])),
-            "source_dups": len(source.get("duplicates", [])),
-            "after_patients": len(after.get("patients", [])) if after else None,
-            "after_dups": len(after.get("duplicates", [])) if after else None,
-            "examples": [
-                {"kind": "exact", "files": [Path(p).name for p in c[:4]]} for c in exact[:5]
-            ]
-            + [
-                {
-                    "kind": f"near (distance <= {c.get('max_distance')})",
-                    "files": [Path(p).name for p in c.get("files", [])[:4]],
-                }
-                for c in near[:5]
-            ],  # fmt: skip
-            "notes": audit.get("notes", []),
-        }
+    figures = []
     for name, caption in DATA_FIGURES:
         p = study_dir / "figures" / f"{name}.png"
         uri = rf.data_uri(p.read_bytes()) if p.is_file() else None
-        out["figures"].append({"name": name, "caption": caption, "uri": uri})
-    return out
+        figures.append({"name": name, "caption": caption, "uri": uri})
+    return {
+        "splits": _splits_summary(splits) if splits else None,
+        "audit": _audit_summary(audit) if audit else None,
+        "figures": figures,
+    }
+
+
+def _splits_summary(splits: dict[str, Any]) -> dict[str, Any]:
+    rows = [
+        {
+            "split": s,
+            "normal": size.get("NORMAL", 0),
+            "pneumonia": size.get("PNEUMONIA", 0),
+            "total": size.get("total", 0),
+            "patients": len(splits.get("patients", {}).get(s, [])),
+        }
+        for s, size in splits.get("sizes", {}).items()
+    ]
+    return {
+        "rows": rows,
+        "test_source": splits.get("test_source", "unknown"),
+        "notes": splits.get("notes", []),
+    }
+
+
+def _audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
+    """Duplicate clusters, corrupt files and patient leakage before and after the split."""
+    exact = audit.get("exact_duplicates", [])
+    near = audit.get("near_duplicates", [])
+    source = audit.get("cross_split", {}).get("source", {})
+    after = audit.get("after_split", {}).get("plan", {})
+    examples = [{"kind": "exact", "files": [Path(p).name for p in c[:4]]} for c in exact[:5]]
+    examples += [
+        {
+            "kind": f"near (distance <= {c.get('max_distance')})",
+            "files": [Path(p).name for p in c.get("files", [])[:4]],
+        }
+        for c in near[:5]
+    ]
+    return {
+        "n_files": audit.get("n_files"),
+        "counts": audit.get("counts", {}),
+        "exact_clusters": len(exact),
+        "exact_files": sum(len(c) for c in exact),
+        "near_clusters": len(near),
+        "near_files": sum(len(c.get("files", [])) for c in near),
+        "near_rule": audit.get("near_duplicate_rule", ""),
+        "spanning_patients": audit.get("clusters_spanning_patients", 0),
+        "corrupt": audit.get("corrupt", []),
+        "source_patients": len(source.get("patients", [])),
+        "source_dups": len(source.get("duplicates", [])),
+        "after_patients": len(after.get("patients", [])) if after else None,
+        "after_dups": len(after.get("duplicates", [])) if after else None,
+        "examples": examples,
+        "notes": audit.get("notes", []),
+    }
 
 
 def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
@@ -263,50 +280,67 @@ def compare_section(
     order = [r["family"] for r in spread if r["family"] in fams_info]
     order += [f for f in fams_info if f not in order]
     colours = rf.family_colours(order)
-    preds: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    preds = _test_predictions(study_dir, order, problems)
+    out: dict[str, Any] = {
+        "spread": spread,
+        "spread_fig": _spread_figure(spread),
+        "side": [_side_row(f, fams_info[f]) for f in order],
+        "families": order,
+        "colours": colours,
+        "problems": problems,
+    }
+    if not preds:
+        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
+        return out
+    thr = {f: float(fams_info[f]["threshold"]) for f in preds}
+    out |= _test_figures(preds, thr, colours)
+    out |= _intervals(preds, thr, colours)
+    out["tests"] = _paired_tests(preds, thr, problems)
+    out["verdicts"] = _overall_verdict(out["tests"], list(preds))
+    return out
+
+
+def _test_predictions(
+    study_dir: Path, order: list[str], problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each family's saved test predictions; a missing or empty file is noted in problems."""
+    preds: dict[str, dict[str, Any]] = {}
     for f in order:
         d = _read_preds(study_dir / "families" / f / "test_predictions.csv")
         if d is None or len(d["y"]) == 0:
             problems.append(f"{f}: no test predictions (families/{f}/test_predictions.csv)")
             continue
         preds[f] = d
-    side = []
-    for f in order:
-        info = fams_info[f]
-        side.append(
-            {
-                "family": f,
-                "trial": info.get("trial"),
-                "threshold": info.get("threshold"),
-                "weights": info.get("weights"),
-                "val": info.get("val", {}),
-                "test": info.get("test", {}),
-            }
-        )
-    out: dict[str, Any] = {
-        "spread": spread,
-        "spread_fig": None,
-        "side": side,
-        "families": order,
-        "colours": colours,
-        "problems": problems,
+    return preds
+
+
+def _side_row(family: str, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "family": family,
+        "trial": info.get("trial"),
+        "threshold": info.get("threshold"),
+        "weights": info.get("weights"),
+        "val": info.get("val", {}),
+        "test": info.get("test", {}),
     }
-    if spread:
-        out["spread_fig"] = rf.data_uri(
-            rf.objective_spread(
-                {r["family"]: r["values"] for r in spread},
-                rf.family_colours([r["family"] for r in spread]),
-            )
-        )
-    if not preds:
-        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
-        return out
-    thr = {f: float(fams_info[f]["threshold"]) for f in preds}
-    curves = {f: (d["y"], d["p"]) for f, d in preds.items()}
+
+
+def _spread_figure(spread: list[dict[str, Any]]) -> rf.Picture | None:
+    if not spread:
+        return None
+    fams = [r["family"] for r in spread]
+    values = {r["family"]: r["values"] for r in spread}
+    return rf.data_uri(rf.objective_spread(values, rf.family_colours(fams)))
+
+
+def _test_figures(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], colours: dict[str, str]
+) -> dict[str, Any]:
+    """ROC/PR overlay, one confusion matrix per family, calibration figure and table."""
     has_both = all(0 < d["y"].sum() < len(d["y"]) for d in preds.values())
-    out["curves"] = rf.data_uri(rf.roc_pr_overlay(curves, thr, colours)) if has_both else None
-    out["confusions"] = [
+    curves = {f: (d["y"], d["p"]) for f, d in preds.items()}
+    confusions = [
         {
             "family": f,
             "uri": rf.data_uri(
@@ -319,37 +353,59 @@ def compare_section(
         for f, d in preds.items()
     ]
     cal = {f: stats.calibration(d["y"], d["p"]) for f, d in preds.items()}
-    out["calibration"] = rf.data_uri(rf.calibration_fig(cal, colours))
-    out["calibration_table"] = [
-        {"family": f, "brier": c["brier"], "ece": c.get("ece")} for f, c in cal.items()
+    return {
+        "curves": rf.data_uri(rf.roc_pr_overlay(curves, thr, colours)) if has_both else None,
+        "confusions": confusions,
+        "calibration": rf.data_uri(rf.calibration_fig(cal, colours)),
+        "calibration_table": [
+            {"family": f, "brier": c["brier"], "ece": c.get("ece")} for f, c in cal.items()
+        ],
+    }
+
+
+def _intervals(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], colours: dict[str, str]
+) -> dict[str, Any]:
+    """Patient-level bootstrap CIs of each family's test metrics, with their forest plot."""
+    cis = [
+        {"family": f} | _ci(d["y"], d["p"], d["patient"], m, thr[f])
+        for f, d in preds.items()
+        for m in CI_METRICS
     ]
+    return {
+        "cis": cis,
+        "ci_fig": rf.data_uri(rf.ci_forest(cis, colours)) if cis else None,
+        "n_patients": {f: len(set(d["patient"])) for f, d in preds.items()},
+        "n_images": {f: len(d["y"]) for f, d in preds.items()},
+    }
 
-    # Bootstrap CIs, patient-level.
-    cis = []
-    for f, d in preds.items():
-        for m in CI_METRICS:
-            cis.append({"family": f} | _ci(d["y"], d["p"], d["patient"], m, thr[f]))
-    out["cis"] = cis
-    out["ci_fig"] = rf.data_uri(rf.ci_forest(cis, colours)) if cis else None
-    out["n_patients"] = {f: len(set(d["patient"])) for f, d in preds.items()}
-    out["n_images"] = {f: len(d["y"]) for f, d in preds.items()}
 
-    # Paired tests on the images every family saw.
+def _paired(da: dict[str, Any], db: dict[str, Any]) -> tuple[np.ndarray, ...] | None:
+    """(labels, probabilities of A, of B) on the images both families saw; None if they differ."""
+    common = sorted(set(da["file"]) & set(db["file"]))
+    ia = {p: i for i, p in enumerate(da["file"])}
+    ib = {p: i for i, p in enumerate(db["file"])}
+    sel_a = np.array([ia[p] for p in common], int)
+    sel_b = np.array([ib[p] for p in common], int)
+    y = da["y"][sel_a]
+    if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
+        return None
+    return y, da["p"][sel_a], db["p"][sel_b]
+
+
+def _paired_tests(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], problems: list[str]
+) -> list[dict[str, Any]]:
+    """McNemar and DeLong for every pair of families, Holm-adjusted, each with its verdict."""
     tests: list[dict[str, Any]] = []
     for a, b in itertools.combinations(list(preds), 2):
-        da, db = preds[a], preds[b]
-        common = sorted(set(da["file"]) & set(db["file"]))
-        ia = {p: i for i, p in enumerate(da["file"])}
-        ib = {p: i for i, p in enumerate(db["file"])}
-        sel_a = np.array([ia[p] for p in common], int)
-        sel_b = np.array([ib[p] for p in common], int)
-        y = da["y"][sel_a]
-        if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
+        paired = _paired(preds[a], preds[b])
+        if paired is None:
             problems.append(
                 f"{a} vs {b}: the test predictions do not cover the same labelled images"
             )
             continue
-        pa, pb = da["p"][sel_a], db["p"][sel_b]
+        y, pa, pb = paired
         mc = stats.mcnemar(y, (pa >= thr[a]).astype(int), (pb >= thr[b]).astype(int))
         tests.append({"a": a, "b": b, "result": mc, "what": "accuracy at each model's threshold"})
         try:
@@ -358,15 +414,13 @@ def compare_section(
             problems.append(f"DeLong {a} vs {b}: {e}")
         else:
             tests.append({"a": a, "b": b, "result": dl, "what": "ROC-AUC"})
-    adj = stats.holm([t["result"]["p_value"] for t in tests]) if tests else []
+    adj = stats.holm([t["result"]["p_value"] for t in tests])
     for t, p_adj in zip(tests, adj, strict=True):
         t["p_holm"] = p_adj
         t["verdict"] = stats.verdict(t["a"], t["b"], t["result"], alpha=ALPHA)
         t["significant"] = t["result"]["p_value"] < ALPHA
         t["significant_holm"] = p_adj < ALPHA
-    out["tests"] = tests
-    out["verdicts"] = _overall_verdict(tests, list(preds))
-    return out
+    return tests
 
 
 def _overall_verdict(tests: list[dict[str, Any]], fams: list[str]) -> list[str]:
@@ -397,42 +451,13 @@ def winner_section(
     if not winner:
         return None
     fam = winner.get("family")
+    thr = float(winner["threshold"])
     val = _read_preds(study_dir / "families" / fam / "val_predictions.csv")
     test = _read_preds(study_dir / "families" / fam / "test_predictions.csv")
-    thr = float(winner["threshold"])
-    ts = sorted({*TABLE_THRESHOLDS, round(thr, 6)})
-    table = []
-    val_rows = stats.threshold_table(val["y"], val["p"], ts) if val and len(val["y"]) else []
-    test_rows = stats.threshold_table(test["y"], test["p"], ts) if test and len(test["y"]) else []
-    for i, t in enumerate(ts):
-        table.append(
-            {
-                "threshold": t,
-                "chosen": abs(t - thr) < 1e-9 or t == round(thr, 6),
-                "val": val_rows[i] if val_rows else None,
-                "test": test_rows[i] if test_rows else None,
-            }
-        )
     curve = None
     if val and 0 < val["y"].sum() < len(val["y"]):
         curve = rf.data_uri(rf.threshold_curve(val["y"], val["p"], thr, "validation"))
-    metric_rows = []
-    for key, label in (
-        ("accuracy", "accuracy"),
-        ("sensitivity", "sensitivity (recall)"),
-        ("specificity", "specificity"),
-        ("precision", "precision (PPV)"),
-        ("f1", "F1"),
-        ("auc", "ROC-AUC"),
-        ("pr_auc", "PR-AUC (average precision)"),
-    ):
-        metric_rows.append(
-            {
-                "label": label,
-                "val": (winner.get("validation") or {}).get(key),
-                "test": (winner.get("test") or {}).get(key),
-            }
-        )
+    validation, tested = winner.get("validation") or {}, winner.get("test") or {}
     return {
         "family": fam,
         "trial": winner.get("trial"),
@@ -445,16 +470,37 @@ def winner_section(
         ],
         "weights": winner.get("weights"),
         "preprocess": winner.get("preprocess", {}),
-        "table": table,
+        "table": _threshold_rows(val, test, thr),
         "curve": curve,
-        "metrics": metric_rows,
-        "val_conf": (winner.get("validation") or {}).get("confusion"),
-        "test_conf": (winner.get("test") or {}).get("confusion"),
+        "metrics": [
+            {"label": label, "val": validation.get(key), "test": tested.get(key)}
+            for key, label in WINNER_METRICS
+        ],
+        "val_conf": validation.get("confusion"),
+        "test_conf": tested.get("confusion"),
         "carved": test_source == "carved from train",
         "test_source": test_source,
         "packages": winner.get("packages", {}),
         "fingerprint": winner.get("data_fingerprint"),
     }
+
+
+def _threshold_rows(
+    val: dict[str, Any] | None, test: dict[str, Any] | None, thr: float
+) -> list[dict[str, Any]]:
+    """Sensitivity, specificity, precision on val and test at fixed cut-offs and the chosen one."""
+    ts = sorted({*TABLE_THRESHOLDS, round(thr, 6)})
+    val_rows = stats.threshold_table(val["y"], val["p"], ts) if val and len(val["y"]) else []
+    test_rows = stats.threshold_table(test["y"], test["p"], ts) if test and len(test["y"]) else []
+    return [
+        {
+            "threshold": t,
+            "chosen": abs(t - thr) < 1e-9 or t == round(thr, 6),
+            "val": val_rows[i] if val_rows else None,
+            "test": test_rows[i] if test_rows else None,
+        }
+        for i, t in enumerate(ts)
+    ]
 
 
 def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Path | None) -> Any:

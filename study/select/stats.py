@@ -244,6 +244,28 @@ def _multiplicities(rng: np.random.Generator, n_groups: int, n_rep: int) -> np.n
     return np.bincount(flat, minlength=n_rep * n_groups).reshape(n_rep, n_groups)
 
 
+def _check_bootstrap_args(g: np.ndarray, n: int, metric: str, threshold: float | None) -> None:
+    if g.shape[0] != n:
+        raise ValueError(f"got {g.shape[0]} group ids for {n} labels")
+    if metric not in (*THRESHOLD_METRICS, "auc"):
+        raise ValueError(f"unknown metric {metric!r}; use accuracy, sensitivity, specificity, auc")
+    if metric != "auc" and threshold is None:
+        raise ValueError(f"{metric} needs a threshold (choose it on validation data)")
+
+
+def _group_counts(y: np.ndarray, pred: np.ndarray, inv: np.ndarray, n_groups: int) -> np.ndarray:
+    """(n_groups, 4): each group's tn, fp, fn, tp, so a resample is a weighted sum of rows."""
+    return np.stack(
+        [
+            np.bincount(inv, weights=(y == 0) & (pred == 0), minlength=n_groups),
+            np.bincount(inv, weights=(y == 0) & (pred == 1), minlength=n_groups),
+            np.bincount(inv, weights=(y == 1) & (pred == 0), minlength=n_groups),
+            np.bincount(inv, weights=(y == 1) & (pred == 1), minlength=n_groups),
+        ],
+        axis=1,
+    )
+
+
 def bootstrap_ci(
     y_true: Any,
     prob: Any,
@@ -265,12 +287,7 @@ def bootstrap_ci(
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
     g = np.asarray(groups).ravel()
-    if g.shape[0] != y.size:
-        raise ValueError(f"got {g.shape[0]} group ids for {y.size} labels")
-    if metric not in (*THRESHOLD_METRICS, "auc"):
-        raise ValueError(f"unknown metric {metric!r}; use accuracy, sensitivity, specificity, auc")
-    if metric != "auc" and threshold is None:
-        raise ValueError(f"{metric} needs a threshold (choose it on validation data)")
+    _check_bootstrap_args(g, y.size, metric, threshold)
     _, inv = np.unique(g, return_inverse=True)
     n_groups = int(inv.max()) + 1
     rng = np.random.default_rng(seed)
@@ -283,16 +300,7 @@ def bootstrap_ci(
             raise ValueError("AUC needs both classes")
         point = float(roc_auc_score(y, p))
     else:
-        pred = (p >= threshold).astype(np.int64)
-        per_group = np.stack(
-            [
-                np.bincount(inv, weights=(y == 0) & (pred == 0), minlength=n_groups),
-                np.bincount(inv, weights=(y == 0) & (pred == 1), minlength=n_groups),
-                np.bincount(inv, weights=(y == 1) & (pred == 0), minlength=n_groups),
-                np.bincount(inv, weights=(y == 1) & (pred == 1), minlength=n_groups),
-            ],
-            axis=1,
-        )
+        per_group = _group_counts(y, (p >= threshold).astype(np.int64), inv, n_groups)
         point = float(_metric_from_counts(metric, *per_group.sum(axis=0)))
 
     for start in range(0, n_boot, chunk):
