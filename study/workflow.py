@@ -72,17 +72,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 def _data_figures(cfg: StudyConfig, data: StudyData) -> None:
     """The data section's figures: samples, class balance, intensity, sizes, preprocessing."""
-    from study.report import data_figures as figures
+    from study.report.data_figures import write_data_figures
 
-    fig_dir = cfg.study_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    plan, audit = data.plan, data.audit
-    figures.sample_grid(plan.records, fig_dir / "samples.png")
-    figures.class_balance(plan, fig_dir / "class_balance.png")
-    figures.intensity_histograms(audit, fig_dir / "intensity.png")
-    figures.size_histograms(audit, fig_dir / "sizes.png")
-    figures.preprocessing_steps(
-        plan.of("train")[0].path, cfg.preprocess, fig_dir / "preprocessing.png"
+    plan = data.plan
+    write_data_figures(
+        plan.records,
+        plan,
+        data.audit,
+        cfg.study_dir / "figures",
+        cfg.preprocess,
+        example=plan.of("train")[0].path,
     )
 
 

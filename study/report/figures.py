@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
 DPI = 100
+JPEG_QUALITY = 85  # thumbnails and overlays: small enough for a 600-image gallery
 #: One colour per family, stable across every figure of the report.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -58,17 +59,17 @@ def data_uri(data: bytes, mime: str = "image/png", size: tuple[int, int] | None 
     return Picture(uri, int(size[0]), int(size[1]))
 
 
-def jpeg_picture(img: np.ndarray, quality: int = 85) -> Picture:
+def jpeg_picture(img: np.ndarray) -> Picture:
     arr = np.asarray(img)
-    return data_uri(jpeg_bytes(arr, quality), "image/jpeg", (arr.shape[1], arr.shape[0]))
+    return data_uri(jpeg_bytes(arr), "image/jpeg", (arr.shape[1], arr.shape[0]))
 
 
-def jpeg_bytes(img: np.ndarray, quality: int = 85) -> bytes:
+def jpeg_bytes(img: np.ndarray) -> bytes:
     """Grey or RGB uint8 -> JPEG; thumbnails as JPEG keep a 600-image gallery a few MB."""
     arr = np.asarray(img)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()

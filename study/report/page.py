@@ -287,7 +287,6 @@ def compare_section(
         "spread_fig": _spread_figure(spread),
         "side": [_side_row(f, fams_info[f]) for f in order],
         "families": order,
-        "colours": colours,
         "problems": problems,
     }
     if not preds:
@@ -591,8 +590,6 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
     return {
         "study": cfg.get("name") or study_dir.name,
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "config": cfg,
-        "summary": summary,
         "winner_info": winner,
         "data": data,
         "board": board,
@@ -612,12 +609,12 @@ def render(context: dict[str, Any]) -> str:
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_report(study_dir: Path, *, include_errors: bool = True) -> Path:
+def write_report(study_dir: Path) -> Path:
     """Render results/<study>/report.html from the study's saved artifacts; returns its path."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise FileNotFoundError(f"no study folder {study_dir}")
-    text = render(build_context(study_dir, include_errors=include_errors))
+    text = render(build_context(study_dir))
     out = study_dir / REPORT_NAME
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(text, encoding="utf-8")

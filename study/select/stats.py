@@ -504,32 +504,28 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
 # --------------------------------------------------------------------------- calibration, errors
 
 
-def calibration(
-    y_true: Any, prob: Any, n_bins: int = 10, strategy: Literal["uniform", "quantile"] = "uniform"
-) -> dict[str, Any]:
+def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
     """Reliability curve + Brier score: does 'P = 0.8' mean 80 % pneumonia?
 
-    Empty bins are dropped (as sklearn does). ``count`` and the expected
-    calibration error are reported for uniform bins only, using the same bin
-    edges as :func:`sklearn.calibration.calibration_curve`.
+    Uniform bins; empty ones are dropped (as sklearn does). ``count`` and the expected
+    calibration error use the same bin edges as
+    :func:`sklearn.calibration.calibration_curve`.
     """
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     out: dict[str, Any] = {
         "n_bins": n_bins,
-        "strategy": strategy,
         "prob_pred": [float(v) for v in prob_pred],
         "prob_true": [float(v) for v in prob_true],
         "brier": float(brier_score_loss(y, p)),
     }
-    if strategy == "uniform":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
-        counts = counts[counts > 0]
-        if counts.size == prob_true.size:
-            out["count"] = [int(c) for c in counts]
-            out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    counts = counts[counts > 0]
+    if counts.size == prob_true.size:
+        out["count"] = [int(c) for c in counts]
+        out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
     return out
 
 
