@@ -113,7 +113,8 @@ def finish_study(
     cfg: StudyConfig, data: StudyData, skipped: dict[str, str], weights_used: dict[str, str]
 ) -> dict[str, Any]:
     """Evaluate and export each family's best, so families can be compared on any data;
-    export the overall best (by validation only) as the winner."""
+    export the overall best (by validation only) as the winner. Returns the summary, which
+    the caller completes and saves with :func:`write_summary`."""
     study_dir = cfg.study_dir
     trials = load_trials(study_dir)
     if not trials:
