@@ -20,6 +20,8 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from study.select.stats import threshold_table
+
 DPI = 100
 JPEG_QUALITY = 85  # thumbnails and overlays: small enough for a 600-image gallery
 #: One colour per family, stable across every figure of the report.
@@ -234,11 +236,14 @@ def ci_forest(rows: Sequence[Mapping[str, Any]], colours: Mapping[str, str]) -> 
 def threshold_curve(
     y: np.ndarray, p: np.ndarray, threshold: float, title: str = "validation"
 ) -> bytes:
-    """Sensitivity and specificity as the cut-off moves, with the chosen one marked."""
+    """Sensitivity and specificity as the cut-off moves, with the chosen one marked.
+
+    Needs both classes in ``y`` (the rates come from :func:`study.select.stats.threshold_table`).
+    """
     ts = np.linspace(0, 1, 101)
-    pos, neg = max(1, int(np.sum(y == 1))), max(1, int(np.sum(y == 0)))
-    sens = [np.sum((p >= t) & (y == 1)) / pos for t in ts]
-    spec = [np.sum((p < t) & (y == 0)) / neg for t in ts]
+    rows = threshold_table(y, p, ts)
+    sens = [r["sensitivity"] for r in rows]
+    spec = [r["specificity"] for r in rows]
     fig = Figure(layout="constrained", figsize=(5.0, 3.2))
     ax = fig.subplots()
     ax.plot(ts, sens, label="sensitivity", color=PALETTE[1])

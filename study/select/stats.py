@@ -37,7 +37,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
-    confusion_matrix,
     roc_auc_score,
     roc_curve,
 )
@@ -68,8 +67,21 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _counts(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    """The confusion matrix of 0/1 labels and calls, as named counts."""
+    tn, fp, fn, tp = np.bincount(2 * y + pred, minlength=4)
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+
+
+def _rates(c: dict[str, int]) -> dict[str, float | None]:
+    """Operating-point rates from confusion counts; None where a rate is undefined."""
+    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
+    return {
+        "accuracy": _ratio(tp + tn, tn + fp + fn + tp),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
@@ -81,19 +93,11 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
     c = _counts(y, (p >= threshold).astype(np.int64))
-    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
-    sens = _ratio(tp, tp + fn)
-    prec = _ratio(tp, tp + fp)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     both = 0 < y.sum() < y.size
     return {
         "threshold": float(threshold),
         "n": int(y.size),
-        "accuracy": _ratio(tp + tn, y.size),
-        "sensitivity": sens,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": prec,
-        "f1": f1,
+        **_rates(c),
         "auc": float(roc_auc_score(y, p)) if both else None,
         "pr_auc": float(average_precision_score(y, p)) if both else None,
         "confusion": c,
@@ -141,14 +145,15 @@ def threshold_table(y_true: Any, prob: Any, thresholds: Sequence[float]) -> list
     p = _as_scores(prob, y.size)
     rows = []
     for t in thresholds:
-        m = binary_metrics(y, p, float(t))
+        c = _counts(y, (p >= t).astype(np.int64))
+        r = _rates(c)
         rows.append(
             {
                 "threshold": float(t),
-                "sensitivity": m["sensitivity"],
-                "specificity": m["specificity"],
-                "precision": m["precision"],
-                **m["confusion"],
+                "sensitivity": r["sensitivity"],
+                "specificity": r["specificity"],
+                "precision": r["precision"],
+                **c,
             }
         )
     return rows
