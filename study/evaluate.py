@@ -17,6 +17,7 @@ from study.data import records as data_mod
 from study.select.model_io import load_winner
 from study.select.stats import binary_metrics
 
+BATCH_SIZE = 32
 KEYS = (
     "n",
     "accuracy",
@@ -30,7 +31,7 @@ KEYS = (
 )
 
 
-def evaluate(model_path: Path, data_dir: Path, split: str | None, batch_size: int = 32) -> dict:
+def evaluate(model_path: Path, data_dir: Path, split: str | None) -> dict:
     winner = load_winner(model_path)
     records = data_mod.scan(data_dir, require_train=False)
     splits = sorted({r.source_split for r in records})
@@ -40,9 +41,9 @@ def evaluate(model_path: Path, data_dir: Path, split: str | None, batch_size: in
     if not records:
         raise SystemExit(f"no images for split {chosen!r} in {data_dir} (found {splits})")
     probs, labels, failed = [], [], []
-    for i in range(0, len(records), batch_size):
+    for i in range(0, len(records), BATCH_SIZE):
         batch, ys = [], []
-        for r in records[i : i + batch_size]:
+        for r in records[i : i + BATCH_SIZE]:
             try:
                 batch.append(winner.prepare(Path(r.path).read_bytes()))
                 ys.append(r.label)

@@ -54,16 +54,17 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     if not lead:
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
         return {"role": role}
-    from study.select.winner import finish_study
+    from study.select.stats import fmt_duration
+    from study.select.winner import finish_study, write_summary
 
     summary = finish_study(cfg, data, outcome.skipped, outcome.used)
     summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
-    (cfg.study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
+    write_summary(cfg.study_dir, summary)
     _print_winner(summary)
     _write_report(cfg)
     print(
-        f"done in {summary['seconds'] / 60:.1f} min this run; its {summary['n_trials']} trials "
-        f"trained for {summary['trial_seconds'] / 60:.1f} min over all runs: {cfg.study_dir}",
+        f"done in {fmt_duration(summary['seconds'])} this run; its {summary['n_trials']} trials "
+        f"trained for {fmt_duration(summary['trial_seconds'])} over all runs: {cfg.study_dir}",
         flush=True,
     )
     return summary
@@ -71,17 +72,16 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
 
 def _data_figures(cfg: StudyConfig, data: StudyData) -> None:
     """The data section's figures: samples, class balance, intensity, sizes, preprocessing."""
-    from study.report import data_figures as figures
+    from study.report.data_figures import write_data_figures
 
-    fig_dir = cfg.study_dir / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
-    plan, audit = data.plan, data.audit
-    figures.sample_grid(plan.records, fig_dir / "samples.png")
-    figures.class_balance(plan, fig_dir / "class_balance.png")
-    figures.intensity_histograms(audit, fig_dir / "intensity.png")
-    figures.size_histograms(audit, fig_dir / "sizes.png")
-    figures.preprocessing_steps(
-        plan.of("train")[0].path, cfg.preprocess, fig_dir / "preprocessing.png"
+    plan = data.plan
+    write_data_figures(
+        plan.records,
+        plan,
+        data.audit,
+        cfg.study_dir / "figures",
+        cfg.preprocess,
+        example=plan.of("train")[0].path,
     )
 
 

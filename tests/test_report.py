@@ -19,8 +19,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from study.report.page import _holm, build_context, render, write_report
+from study.report.page import build_context, render, write_report
+from study.search.trial_log import load_trials
 from study.select import stats
+from study.select.stats import holm as _holm
+from study.select.winner import winning_trial
 
 REPO = Path(__file__).resolve().parents[1]
 SECTIONS = ("data", "leaderboard", "families", "statistics", "winner", "errors")
@@ -140,6 +143,42 @@ def test_two_families_get_paired_tests_and_cis(tiny_study: Path, tmp_path: Path)
     assert "Holm" in page and "nothing to compare" not in page
     for t in cmp["tests"]:
         assert html.escape(t["verdict"]) in page
+
+
+def _set_val_auc(trial_json: Path, binned: float, exact: float) -> None:
+    t = json.loads(trial_json.read_text())
+    t["val"] |= {"auc": binned, "auc_exact": exact}
+    trial_json.write_text(json.dumps(t))
+
+
+def test_leaderboard_ranks_by_the_winners_objective(tiny_study: Path, tmp_path: Path) -> None:
+    """Binned and exact val AUC disagree in order: the report follows the exact one, as the
+    winner choice does, so leaderboard row 1 is the winner."""
+    study = _copy_study(tiny_study, tmp_path / "order")
+    real = sorted((study / "trials").glob("*/trial.json"))
+    for i, p in enumerate(real):  # high binned AUC, low exact AUC
+        _set_val_auc(p, binned=0.95 - 0.01 * i, exact=0.60 - 0.01 * i)
+    twin_dir = study / "trials" / "twin"
+    shutil.copytree(real[0].parent, twin_dir)
+    twin = json.loads((twin_dir / "trial.json").read_text())
+    twin["trial_id"] = "twin"
+    (twin_dir / "trial.json").write_text(json.dumps(twin))
+    _set_val_auc(twin_dir / "trial.json", binned=0.75, exact=0.85)  # low binned, high exact
+
+    winner = winning_trial(load_trials(study))
+    assert winner["trial_id"] == "twin"
+    ctx = build_context(study, include_errors=False)
+    rows = ctx["board"]["rows"]
+    assert max(rows, key=lambda r: r["auc"])["id"] != rows[0]["id"], "orders must disagree"
+    assert rows[0]["rank"] == 1 and rows[0]["id"] == f"{winner['family']}-twin"
+    assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
+    spread = {r["family"]: r for r in ctx["compare"]["spread"]}
+    assert spread[winner["family"]]["best"] == pytest.approx(0.85)
+    page = render(ctx)
+    assert "Ranked by the study's objective, <b>exact validation ROC-AUC</b>" in page
+    table = page[page.index('id="leaderboard-table"') :]
+    first = re.search(r'<tbody>\s*<tr>.*?<a href="#curve-[^"]*">([^<]+)</a>', table, re.S)
+    assert first and first.group(1) == f"{winner['family']}-twin"
 
 
 def test_interrupted_study_still_renders(tiny_study: Path, tmp_path: Path) -> None:

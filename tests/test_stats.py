@@ -307,3 +307,20 @@ def test_effect_size_hand_and_known_shift() -> None:
     r = stats.effect_size(rng.normal(0.5, 1, 2000), rng.normal(0, 1, 2000))
     assert r["cohens_d"] == pytest.approx(0.5, abs=0.08)
     assert r["p_value"] < 1e-10 and r["rank_biserial"] > 0
+
+
+def test_one_p_value_and_duration_format() -> None:
+    assert [stats.fmt_p(p) for p in (0.0004, 0.0071, 0.214)] == [
+        "p < 0.001",
+        "p = 0.007",
+        "p = 0.21",
+    ]
+    assert stats.fmt_p(0.0004, prefix=False) == "< 0.001"
+    assert stats.fmt_p(0.214, prefix=False) == "0.21"
+    assert stats.fmt_p(None) == stats.fmt_p(float("nan")) == "-"
+    assert [stats.fmt_duration(s) for s in (7.9, 247, 3900, None)] == [
+        "0m07s",
+        "4m07s",
+        "1h05m",
+        "-",
+    ]

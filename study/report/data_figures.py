@@ -24,6 +24,8 @@ from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
 
 COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 DPI = 110
+SAMPLES_PER_CLASS = 6
+SAMPLE_SEED = 0  # the same X-rays in every rebuilt report
 
 
 def _save(fig: Figure, out: Path) -> Path:
@@ -41,11 +43,10 @@ def _gray_for_display(path: str) -> np.ndarray | None:
         return None
 
 
-def sample_grid(
-    records: Sequence[ImageRecord], out: Path, per_class: int = 6, seed: int = 0
-) -> Path:
+def sample_grid(records: Sequence[ImageRecord], out: Path) -> Path:
     """Healthy lungs (top row) beside pneumonia (bottom row), a seeded random choice."""
-    rng = random.Random(seed)
+    per_class = SAMPLES_PER_CLASS
+    rng = random.Random(SAMPLE_SEED)
     fig = Figure(layout="constrained", figsize=(2.2 * per_class, 5.2))
     axes = fig.subplots(len(CLASS_NAMES), per_class, squeeze=False)
     for row, (label, cls) in enumerate(enumerate(CLASS_NAMES)):
@@ -68,7 +69,8 @@ def sample_grid(
             if not ax.images:
                 ax.set_axis_off()
     fig.suptitle(
-        f"Random training X-rays (seed {seed}): NORMAL (top) vs PNEUMONIA (bottom)", fontsize=11
+        f"Random training X-rays (seed {SAMPLE_SEED}): NORMAL (top) vs PNEUMONIA (bottom)",
+        fontsize=11,
     )
     return _save(fig, out)
 
@@ -180,7 +182,10 @@ def write_data_figures(
     cfg: PreprocessConfig | None = None,
     example: str | Path | None = None,
 ) -> list[Path]:
-    """All data figures into ``figures_dir``; the example X-ray defaults to the first readable."""
+    """All data figures into ``figures_dir``, named as the report's data section reads them.
+
+    The only writer of figures/*.png; the example X-ray defaults to the first readable one.
+    """
     figures_dir = Path(figures_dir)
     cfg = cfg or PreprocessConfig()
     if example is None:
@@ -189,9 +194,9 @@ def write_data_figures(
     paths = [
         sample_grid(records, figures_dir / "samples.png"),
         class_balance(plan, figures_dir / "class_balance.png"),
-        intensity_histograms(audit, figures_dir / "intensity_histograms.png"),
-        size_histograms(audit, figures_dir / "size_histograms.png"),
+        intensity_histograms(audit, figures_dir / "intensity.png"),
+        size_histograms(audit, figures_dir / "sizes.png"),
     ]
     if example is not None:
-        paths.append(preprocessing_steps(example, cfg, figures_dir / "preprocessing_steps.png"))
+        paths.append(preprocessing_steps(example, cfg, figures_dir / "preprocessing.png"))
     return paths

@@ -34,6 +34,7 @@ from scipy import stats as sps
 from study.data.preprocess import PreprocessConfig, decode, load_for_model, to_grayscale, window
 from study.data.records import ImageRecord
 from study.select import stats
+from study.select.stats import fmt_p
 
 #: Gallery cap per kind (false negatives, false positives). The official test
 #: split has 624 images (234 NORMAL, 390 PNEUMONIA), so even a model that gets
@@ -41,6 +42,8 @@ from study.select import stats
 GALLERY_CAP = 400
 #: Correct calls whose heatmaps are computed as the comparison group for "heat on the lungs".
 CORRECT_SAMPLE = 120
+#: Seed of that sample, so a rebuilt report shows the same numbers.
+SAMPLE_SEED = 0
 THUMB_WIDTH = 176
 
 #: (key in the feature dict, label in the report, unit/format hint)
@@ -246,14 +249,15 @@ def feature_effects(
 # --------------------------------------------------------------------------- gallery + Grad-CAM
 
 
-def display_image(path: str, width: int = THUMB_WIDTH) -> np.ndarray | None:
+def display_image(path: str) -> np.ndarray | None:
     """The original X-ray for the eye (windowed to 8 bits, aspect kept); None if unreadable."""
     try:
         g = window(to_grayscale(decode(Path(path).read_bytes()).pixels))
     except (OSError, ValueError):
         return None
     h, w = g.shape
-    return cv2.resize(g, (width, max(1, round(h * width / w))), interpolation=cv2.INTER_AREA)
+    size = (THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w)))
+    return cv2.resize(g, size, interpolation=cv2.INTER_AREA)
 
 
 def model_inputs(paths: Sequence[str], cfg: PreprocessConfig) -> tuple[np.ndarray, list[int]]:
@@ -299,109 +303,36 @@ def _heat_summary(values: list[float]) -> dict[str, Any] | None:
 # --------------------------------------------------------------------------- the whole section
 
 
+@dataclass
+class _GradcamPass:
+    """What one Grad-CAM pass over the shown errors and the correct sample yields."""
+
+    gallery: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: {"FN": [], "FP": []})
+    lung_fraction: dict[str, list[float]] = field(
+        default_factory=lambda: {"FN": [], "FP": [], "correct": []}
+    )
+    n_empty: dict[str, int] = field(default_factory=lambda: {"FN": 0, "FP": 0, "correct": 0})
+    chance: float | None = None  # share of the image the lung prior covers
+
+
 def analyse(
     cases: list[Case],
     threshold: float,
     model: Any | None,
     preprocess: PreprocessConfig | None,
     cache_dir: Path | None,
-    cap: int = GALLERY_CAP,
-    correct_sample: int = CORRECT_SAMPLE,
-    seed: int = 0,
 ) -> ErrorAnalysis:
     """Counts, gallery with Grad-CAM, feature effect sizes and heat-in-lungs for the winner."""
-    from study.report import gradcam
-    from study.report.figures import jpeg_picture
-
     problems: list[str] = []
-    feats: dict[str, dict[str, float]] = {}
-    try:
-        feats = image_features(cases, cache_dir)
-    except Exception as e:  # noqa: BLE001 - the report must render without this part
-        problems.append(f"image features could not be measured: {type(e).__name__}: {e}")
-    missing = sum(c.file not in feats for c in cases)
-    if missing:
-        problems.append(f"{missing} test files could not be read for the feature analysis")
-
-    by_conf = {
-        # Most confident mistakes first: those are the ones worth a radiologist's look.
-        "FN": sorted((c for c in cases if c.kind == "FN"), key=lambda c: c.prob),
-        "FP": sorted((c for c in cases if c.kind == "FP"), key=lambda c: -c.prob),
-    }
-    shown = {k: v[:cap] for k, v in by_conf.items()}
-    not_shown = {k: len(by_conf[k]) - len(shown[k]) for k in by_conf}
-    rng = random.Random(seed)
+    feats = _measure_features(cases, cache_dir, problems)
+    shown, not_shown = _errors_to_show(cases)
     correct = [c for c in cases if c.correct]
-    sample = rng.sample(correct, min(correct_sample, len(correct)))
-
-    gallery: dict[str, list[dict[str, Any]]] = {"FN": [], "FP": []}
-    heat_vals: dict[str, list[float]] = {"FN": [], "FP": [], "correct": []}
-    n_empty = {"FN": 0, "FP": 0, "correct": 0}
-    chance = None
+    sample = random.Random(SAMPLE_SEED).sample(correct, min(CORRECT_SAMPLE, len(correct)))
     if model is not None and preprocess is not None:
-        todo = [*shown["FN"], *shown["FP"], *sample]
-        x, ok = model_inputs([c.file for c in todo], preprocess)
-        if len(ok) < len(todo):
-            problems.append(f"{len(todo) - len(ok)} images could not be preprocessed for Grad-CAM")
-        try:
-            hms, probs = heatmaps(model, x)
-        except Exception as e:  # noqa: BLE001 - show the gallery without heatmaps
-            problems.append(f"Grad-CAM failed: {type(e).__name__}: {e}")
-            hms, probs = None, None
-        if hms is not None and len(ok):
-            mask = gradcam.central_lung_mask(*hms.shape[1:3])
-            chance = float(mask.mean())
-            diffs = [abs(probs[j] - todo[i].prob) for j, i in enumerate(ok)]
-            if max(diffs) > 0.02:
-                problems.append(
-                    f"winner.keras reproduces the saved test probabilities only to within "
-                    f"{max(diffs):.3f} (expected < 0.02): check that winner.keras and "
-                    "test_predictions.csv come from the same run"
-                )
-            n_err = len(shown["FN"]) + len(shown["FP"])
-            for j, i in enumerate(ok):
-                c = todo[i]
-                group = c.kind if i < n_err else "correct"  # errors first, then correct calls
-                # An all-zero map (no positive evidence) has no location: counted, not scored 0.
-                empty = float(hms[j].max()) <= 0.0
-                frac = None if empty else gradcam.fraction_in_region(hms[j], mask)
-                if empty:
-                    n_empty[group] += 1
-                else:
-                    heat_vals[group].append(frac)
-                if group != "correct":
-                    overlay = jpeg_picture(_overlay_rgb(x[j], hms[j]))
-                    gallery[c.kind].append(_card(c, overlay, frac))
+        cam = _gradcam_pass([*shown["FN"], *shown["FP"]], sample, model, preprocess, problems)
     else:
+        cam = _GradcamPass()
         problems.append("no winner model: the gallery shows no Grad-CAM overlays")
-    # Cards for errors that had no heatmap (no model, or unreadable for the model).
-    for k in ("FN", "FP"):
-        have = {g["file"] for g in gallery[k]}
-        gallery[k] += [_card(c, None, None) for c in shown[k] if c.file not in have]
-        order = {c.file: i for i, c in enumerate(shown[k])}
-        gallery[k].sort(key=lambda g: order[g["file"]])
-    for k in ("FN", "FP"):
-        for g in gallery[k]:
-            img = display_image(g["file"])
-            g["thumb"] = jpeg_picture(img) if img is not None else None
-
-    heat = None
-    if chance is not None:
-        errs = heat_vals["FN"] + heat_vals["FP"]
-        heat = {
-            "chance": chance,
-            "FN": _heat_summary(heat_vals["FN"]),
-            "FP": _heat_summary(heat_vals["FP"]),
-            "errors": _heat_summary(errs),
-            "correct": _heat_summary(heat_vals["correct"]),
-            "effect": _effect_row(
-                "heat on the lungs", "errors vs correct", errs, heat_vals["correct"]
-            ),
-            "outside_errors": sum(v < chance for v in errs),
-            "empty": n_empty,
-            "empty_errors": n_empty["FN"] + n_empty["FP"],
-        }
-
     features = feature_effects(cases, feats)
     analysis = ErrorAnalysis(
         n=len(cases),
@@ -412,13 +343,13 @@ def analyse(
         features=features,
         feature_note=(
             f"Cohen's d (pooled SD; |d| about 0.2 small, 0.5 medium, 0.8 large) and a two-sided "
-            f"Mann-Whitney U test per row; {_n_within(features)} within-class tests, p-values "
-            "not adjusted for multiple comparisons (the summary applies Bonferroni). The grey "
-            "pooled rows are context only."
+            f"Mann-Whitney U test per row; {len(_within_class(features))} within-class tests, "
+            "p-values not adjusted for multiple comparisons (the summary applies Bonferroni). "
+            "The grey pooled rows are context only."
         ),
-        gallery=gallery,
+        gallery=_complete_gallery(cam.gallery, shown),
         not_shown=not_shown,
-        heat=heat,
+        heat=_heat_in_lungs(cam),
         summary=[],
         problems=problems,
     )
@@ -426,8 +357,123 @@ def analyse(
     return analysis
 
 
-def _n_within(features: Sequence[dict[str, Any]]) -> int:
-    return sum(r.get("p_value") is not None and "pooled" not in r["comparison"] for r in features)
+def _measure_features(
+    cases: Sequence[Case], cache_dir: Path | None, problems: list[str]
+) -> dict[str, dict[str, float]]:
+    """:func:`image_features`, but a failure only costs the feature rows, not the section."""
+    feats: dict[str, dict[str, float]] = {}
+    try:
+        feats = image_features(cases, cache_dir)
+    except Exception as e:  # noqa: BLE001 - the report must render without this part
+        problems.append(f"image features could not be measured: {type(e).__name__}: {e}")
+    missing = sum(c.file not in feats for c in cases)
+    if missing:
+        problems.append(f"{missing} test files could not be read for the feature analysis")
+    return feats
+
+
+def _errors_to_show(cases: Sequence[Case]) -> tuple[dict[str, list[Case]], dict[str, int]]:
+    """False negatives and false positives for the gallery, capped, and how many were cut."""
+    by_conf = {
+        # Most confident mistakes first: those are the ones worth a radiologist's look.
+        "FN": sorted((c for c in cases if c.kind == "FN"), key=lambda c: c.prob),
+        "FP": sorted((c for c in cases if c.kind == "FP"), key=lambda c: -c.prob),
+    }
+    shown = {k: v[:GALLERY_CAP] for k, v in by_conf.items()}
+    return shown, {k: len(by_conf[k]) - len(shown[k]) for k in by_conf}
+
+
+def _gradcam_pass(
+    errors: list[Case],
+    sample: list[Case],
+    model: Any,
+    preprocess: PreprocessConfig,
+    problems: list[str],
+) -> _GradcamPass:
+    """Heatmaps of the shown errors and the correct sample: overlays and heat on the lungs."""
+    from study.report import gradcam
+    from study.report.figures import jpeg_picture
+
+    out = _GradcamPass()
+    todo = [*errors, *sample]
+    x, ok = model_inputs([c.file for c in todo], preprocess)
+    if len(ok) < len(todo):
+        problems.append(f"{len(todo) - len(ok)} images could not be preprocessed for Grad-CAM")
+    try:
+        hms, probs = heatmaps(model, x)
+    except Exception as e:  # noqa: BLE001 - show the gallery without heatmaps
+        problems.append(f"Grad-CAM failed: {type(e).__name__}: {e}")
+        return out
+    if not ok:
+        return out
+    mask = gradcam.central_lung_mask(*hms.shape[1:3])
+    out.chance = float(mask.mean())
+    _check_reproduced([abs(probs[j] - todo[i].prob) for j, i in enumerate(ok)], problems)
+    for j, i in enumerate(ok):
+        c = todo[i]
+        group = c.kind if i < len(errors) else "correct"  # errors first, then correct calls
+        # An all-zero map (no positive evidence) has no location: counted, not scored 0.
+        empty = float(hms[j].max()) <= 0.0
+        frac = None if empty else gradcam.fraction_in_region(hms[j], mask)
+        if empty:
+            out.n_empty[group] += 1
+        else:
+            out.lung_fraction[group].append(frac)
+        if group != "correct":
+            overlay = jpeg_picture(_overlay_rgb(x[j], hms[j]))
+            out.gallery[c.kind].append(_card(c, overlay, frac))
+    return out
+
+
+def _check_reproduced(diffs: list[float], problems: list[str]) -> None:
+    """winner.keras must give the saved test probabilities, else heatmaps explain another model."""
+    if max(diffs) > 0.02:
+        problems.append(
+            f"winner.keras reproduces the saved test probabilities only to within "
+            f"{max(diffs):.3f} (expected < 0.02): check that winner.keras and "
+            "test_predictions.csv come from the same run"
+        )
+
+
+def _complete_gallery(
+    gallery: dict[str, list[dict[str, Any]]], shown: dict[str, list[Case]]
+) -> dict[str, list[dict[str, Any]]]:
+    """Every shown error gets a card (without overlay if it had no heatmap) and a thumbnail."""
+    from study.report.figures import jpeg_picture
+
+    for k in ("FN", "FP"):
+        have = {g["file"] for g in gallery[k]}
+        gallery[k] += [_card(c, None, None) for c in shown[k] if c.file not in have]
+        order = {c.file: i for i, c in enumerate(shown[k])}
+        gallery[k].sort(key=lambda g: order[g["file"]])
+        for g in gallery[k]:
+            img = display_image(g["file"])
+            g["thumb"] = jpeg_picture(img) if img is not None else None
+    return gallery
+
+
+def _heat_in_lungs(cam: _GradcamPass) -> dict[str, Any] | None:
+    """How much heat falls on the lung prior, errors vs correct calls; None without heatmaps."""
+    if cam.chance is None:
+        return None
+    vals = cam.lung_fraction
+    errs = vals["FN"] + vals["FP"]
+    return {
+        "chance": cam.chance,
+        "FN": _heat_summary(vals["FN"]),
+        "FP": _heat_summary(vals["FP"]),
+        "errors": _heat_summary(errs),
+        "correct": _heat_summary(vals["correct"]),
+        "effect": _effect_row("heat on the lungs", "errors vs correct", errs, vals["correct"]),
+        "outside_errors": sum(v < cam.chance for v in errs),
+        "empty": cam.n_empty,
+        "empty_errors": cam.n_empty["FN"] + cam.n_empty["FP"],
+    }
+
+
+def _within_class(features: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Feature rows with a test that compares errors and correct calls within one class."""
+    return [r for r in features if r.get("p_value") is not None and "pooled" not in r["comparison"]]
 
 
 def _card(c: Case, overlay: Any, frac: float | None) -> dict[str, Any]:
@@ -442,10 +488,6 @@ def _card(c: Case, overlay: Any, frac: float | None) -> dict[str, Any]:
     }
 
 
-def fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}"
-
-
 def _size_word(d: float) -> str:
     a = abs(d)
     return "negligible" if a < 0.2 else "small" if a < 0.5 else "medium" if a < 0.8 else "large"
@@ -453,20 +495,18 @@ def _size_word(d: float) -> str:
 
 def summarise(a: ErrorAnalysis, cases: Sequence[Case]) -> list[str]:
     """A few plain sentences; every claim carries its number and test."""
-    out = []
     n_fn = sum(c.kind == "FN" for c in cases)
     n_fp = sum(c.kind == "FP" for c in cases)
     n_pos = sum(c.label == 1 for c in cases)
     n_neg = len(cases) - n_pos
     wrong = n_fn + n_fp
-    out.append(
+    out = [
         f"At threshold {a.threshold:.3f} the winner got {wrong} of {len(cases)} test X-rays wrong: "
         f"{n_fn} of {n_pos} pneumonias missed (false negatives) and {n_fp} of {n_neg} normal "
         f"X-rays called pneumonia (false positives)."
-    )
+    ]
     if wrong == 0:
-        out.append("There are no errors to analyse on this test split.")
-        return out
+        return [*out, "There are no errors to analyse on this test split."]
     st = a.subtype_test
     if st:
         sig = "a significant" if st["p_value"] < 0.05 else "no significant"
@@ -475,34 +515,42 @@ def summarise(a: ErrorAnalysis, cases: Sequence[Case]) -> list[str]:
             f"bacterial vs {st['miss_virus']:.0%} of {st['n_virus']} viral; {sig} difference "
             f"(Fisher's exact test {fmt_p(st['p_value'])})."
         )
-    tested = [
-        r for r in a.features if r.get("p_value") is not None and "pooled" not in r["comparison"]
-    ]
+    return out + _feature_sentences(a.features) + _heat_sentences(a.heat)
+
+
+def _feature_sentences(features: Sequence[dict[str, Any]]) -> list[str]:
+    """The largest within-class feature difference, judged with a Bonferroni correction."""
+    tested = _within_class(features)
+    if not tested:
+        return []
     n_tests = len(tested)
-    if tested:
-        big = max(tested, key=lambda r: abs(r["cohens_d"] or 0))
-        bonf = 0.05 / n_tests
-        direction = "higher" if (big["cohens_d"] or 0) > 0 else "lower"
-        holds = (
-            f"significant even after a Bonferroni correction for {n_tests} tests (p < {bonf:.4f})"
-            if big["p_value"] < bonf
-            else "significant only without correction for multiple tests"
-            if big["p_value"] < 0.05
-            else "not statistically significant"
-        )
+    big = max(tested, key=lambda r: abs(r["cohens_d"] or 0))
+    bonf = 0.05 / n_tests
+    direction = "higher" if (big["cohens_d"] or 0) > 0 else "lower"
+    holds = (
+        f"significant even after a Bonferroni correction for {n_tests} tests (p < {bonf:.4f})"
+        if big["p_value"] < bonf
+        else "significant only without correction for multiple tests"
+        if big["p_value"] < 0.05
+        else "not statistically significant"
+    )
+    out = [
+        f"The largest within-class difference: {big['feature']} is {direction} in "
+        f"{big['comparison'].split(' vs ')[0]} ({_size_word(big['cohens_d'])} effect, "
+        f"d = {big['cohens_d']:+.2f}, Mann-Whitney {fmt_p(big['p_value'])}); this is {holds}."
+    ]
+    if not any(r["p_value"] < bonf for r in tested):
         out.append(
-            f"The largest within-class difference: {big['feature']} is {direction} in "
-            f"{big['comparison'].split(' vs ')[0]} ({_size_word(big['cohens_d'])} effect, "
-            f"d = {big['cohens_d']:+.2f}, Mann-Whitney {fmt_p(big['p_value'])}); this is {holds}."
+            "No image property separates errors from correct calls after correcting for "
+            "multiple tests: the errors are not explained by exposure, contrast, sharpness "
+            "or resolution alone."
         )
-        n_sig = sum(r["p_value"] < bonf for r in tested)
-        if n_sig == 0:
-            out.append(
-                "No image property separates errors from correct calls after correcting for "
-                "multiple tests: the errors are not explained by exposure, contrast, sharpness "
-                "or resolution alone."
-            )
-    h = a.heat
+    return out
+
+
+def _heat_sentences(h: dict[str, Any] | None) -> list[str]:
+    """Where the errors' Grad-CAM heat lies, against the lung prior's chance level."""
+    out = []
     if h and h.get("errors"):
         corr = h.get("correct")
         cmp = f" vs {corr['mean']:.0%} for {corr['n']} correct calls" if corr else ""

@@ -20,7 +20,10 @@ import numpy as np
 from matplotlib.figure import Figure
 from sklearn.metrics import precision_recall_curve, roc_curve
 
+from study.select.stats import threshold_table
+
 DPI = 100
+JPEG_QUALITY = 85  # thumbnails and overlays: small enough for a 600-image gallery
 #: One colour per family, stable across every figure of the report.
 PALETTE = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf")
 
@@ -58,17 +61,17 @@ def data_uri(data: bytes, mime: str = "image/png", size: tuple[int, int] | None 
     return Picture(uri, int(size[0]), int(size[1]))
 
 
-def jpeg_picture(img: np.ndarray, quality: int = 85) -> Picture:
+def jpeg_picture(img: np.ndarray) -> Picture:
     arr = np.asarray(img)
-    return data_uri(jpeg_bytes(arr, quality), "image/jpeg", (arr.shape[1], arr.shape[0]))
+    return data_uri(jpeg_bytes(arr), "image/jpeg", (arr.shape[1], arr.shape[0]))
 
 
-def jpeg_bytes(img: np.ndarray, quality: int = 85) -> bytes:
+def jpeg_bytes(img: np.ndarray) -> bytes:
     """Grey or RGB uint8 -> JPEG; thumbnails as JPEG keep a 600-image gallery a few MB."""
     arr = np.asarray(img)
     if arr.ndim == 3 and arr.shape[2] == 3:
         arr = cv2.cvtColor(arr, cv2.COLOR_RGB2BGR)
-    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, quality])
+    ok, buf = cv2.imencode(".jpg", arr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
     if not ok:
         raise RuntimeError("JPEG encoding failed")
     return buf.tobytes()
@@ -106,7 +109,7 @@ def training_curves(history: Sequence[Mapping[str, float]], title: str, best_epo
 def objective_spread(
     per_family: Mapping[str, Sequence[float]], colours: Mapping[str, str]
 ) -> bytes:
-    """Every trial's val AUC per family: a box with the individual trials on top."""
+    """Every trial's objective (exact val AUC) per family: a box with the trials on top."""
     fams = list(per_family)
     fig = Figure(layout="constrained", figsize=(max(4.5, 1.8 * len(fams) + 2), 3.4))
     ax = fig.subplots()
@@ -118,7 +121,7 @@ def objective_spread(
         ax.scatter(i + jitter, vals, s=18, color=colours[f], zorder=3, alpha=0.8)
     labels = [f"{f}\n(n={len(d)})" for f, d in zip(fams, data, strict=True)]
     ax.set_xticks(range(1, len(fams) + 1), labels)
-    ax.set_ylabel("validation ROC-AUC (objective)")
+    ax.set_ylabel("exact validation ROC-AUC (objective)")
     ax.set_title("Objective of every trial, per family", fontsize=10)
     ax.grid(axis="y", alpha=0.3)
     return png_bytes(fig)
@@ -233,11 +236,14 @@ def ci_forest(rows: Sequence[Mapping[str, Any]], colours: Mapping[str, str]) -> 
 def threshold_curve(
     y: np.ndarray, p: np.ndarray, threshold: float, title: str = "validation"
 ) -> bytes:
-    """Sensitivity and specificity as the cut-off moves, with the chosen one marked."""
+    """Sensitivity and specificity as the cut-off moves, with the chosen one marked.
+
+    Needs both classes in ``y`` (the rates come from :func:`study.select.stats.threshold_table`).
+    """
     ts = np.linspace(0, 1, 101)
-    pos, neg = max(1, int(np.sum(y == 1))), max(1, int(np.sum(y == 0)))
-    sens = [np.sum((p >= t) & (y == 1)) / pos for t in ts]
-    spec = [np.sum((p < t) & (y == 0)) / neg for t in ts]
+    rows = threshold_table(y, p, ts)
+    sens = [r["sensitivity"] for r in rows]
+    spec = [r["specificity"] for r in rows]
     fig = Figure(layout="constrained", figsize=(5.0, 3.2))
     ax = fig.subplots()
     ax.plot(ts, sens, label="sensitivity", color=PALETTE[1])

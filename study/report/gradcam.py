@@ -145,15 +145,16 @@ def build_grad_model(model: Any, layer_name: str | None = None) -> tuple[Any, st
 # --------------------------------------------------------------------------- Grad-CAM
 
 
-def _score(pred: Any, class_index: int) -> Any:
+def _score(pred: Any) -> Any:
+    """The pneumonia output (the models have one sigmoid unit), before the sigmoid if known."""
     import tensorflow as tf
 
     logits = getattr(pred, "_keras_logits", None)
     out = logits if logits is not None else pred
-    return tf.cast(out[:, class_index], tf.float32)
+    return tf.cast(out[:, 0], tf.float32)
 
 
-def _cam_step(model: Any, layer_name: str | None, class_index: int) -> Callable[[Any], Any]:
+def _cam_step(model: Any, layer_name: str | None) -> Callable[[Any], Any]:
     """Compiled x -> (cams at feature-map size, prediction), built once per model and layer."""
     import tensorflow as tf
 
@@ -162,9 +163,8 @@ def _cam_step(model: Any, layer_name: str | None, class_index: int) -> Callable[
         cache = {}
         # Plain attribute (not Keras-tracked): it is not saved, and it dies with the model.
         object.__setattr__(model, _CACHE_ATTR, cache)
-    key = (layer_name, class_index)
-    if key in cache:
-        return cache[key]
+    if layer_name in cache:
+        return cache[layer_name]
     grad_model, _, nested = build_grad_model(model, layer_name)
 
     # Batch dimension left open: one trace serves the service's single images and batches.
@@ -175,7 +175,7 @@ def _cam_step(model: Any, layer_name: str | None, class_index: int) -> Callable[
         with tf.GradientTape() as tape:
             tape.watch(x)  # frozen backbones have no trainable variables to record the graph
             conv, pred = grad_model(x, training=False)
-            score = _score(pred, class_index)
+            score = _score(pred)
         grads = tape.gradient(score, conv)
         if grads is None:
             raise ValueError("the prediction does not depend on the chosen layer's output")
@@ -196,7 +196,7 @@ def _cam_step(model: Any, layer_name: str | None, class_index: int) -> Callable[
             checked = True
         return cams.numpy()
 
-    cache[key] = run
+    cache[layer_name] = run
     return run
 
 
@@ -204,10 +204,9 @@ def gradcam(
     model: Any,
     images: np.ndarray,
     layer_name: str | None = None,
-    class_index: int = 0,
     batch_size: int = 32,
 ) -> np.ndarray:
-    """Heatmaps (N, H, W) in [0, 1] at input resolution, for output unit ``class_index``.
+    """Heatmaps (N, H, W) in [0, 1] at input resolution, for the pneumonia output.
 
     Works for bfloat16 models (``mixed_bfloat16``): feature maps and
     gradients are cast to float32 before weighting. A heatmap with no positive
@@ -221,7 +220,7 @@ def gradcam(
     if x_all.ndim != 4:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got {x_all.shape}")
     n, h, w = x_all.shape[:3]
-    run = _cam_step(model, layer_name, class_index)
+    run = _cam_step(model, layer_name)
     out = np.zeros((n, h, w), np.float32)
     for start in range(0, n, batch_size):
         cams = run(tf.convert_to_tensor(x_all[start : start + batch_size]))

@@ -27,11 +27,17 @@ from typing import Any
 
 import numpy as np
 
+from study.paths import REPO
 from study.report import figures as rf
-from study.search.trial_log import VERDICT_RULE, fit_verdict, load_trials, read_history
+from study.search.trial_log import (
+    VERDICT_RULE,
+    fit_verdict,
+    load_trials,
+    objective,
+    read_history,
+)
 from study.select import stats
 
-REPO = Path(__file__).resolve().parents[1]
 TEMPLATES = REPO / "report_templates"
 REPORT_NAME = "report.html"
 #: Data figures written by the data stage, in the order the report shows them.
@@ -46,6 +52,16 @@ CI_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 N_BOOT = 2000
 ALPHA = 0.05
+#: (key in the metrics dict, label in the winner's metric table)
+WINNER_METRICS = (
+    ("accuracy", "accuracy"),
+    ("sensitivity", "sensitivity (recall)"),
+    ("specificity", "specificity"),
+    ("precision", "precision (PPV)"),
+    ("f1", "F1"),
+    ("auc", "ROC-AUC"),
+    ("pr_auc", "PR-AUC (average precision)"),
+)
 
 
 # --------------------------------------------------------------------------- loading
@@ -73,16 +89,6 @@ def _read_preds(path: Path) -> dict[str, Any] | None:
     }
 
 
-def _fmt_seconds(s: float | None) -> str:
-    if s is None or not math.isfinite(s):
-        return "-"
-    if s < 90:
-        return f"{s:.0f} s"
-    if s < 5400:
-        return f"{s / 60:.1f} min"
-    return f"{s / 3600:.1f} h"
-
-
 def _fmt_hp(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.3g}"
@@ -96,148 +102,150 @@ def data_section(study_dir: Path) -> dict[str, Any]:
     """Split sizes, the audit's findings and how they were resolved, the data figures."""
     splits = _json(study_dir / "splits.json")
     audit = _json(study_dir / "audit.json")
-    out: dict[str, Any] = {"splits": None, "audit": None, "figures": []}
-    if splits:
-        rows = []
-        for s, size in splits.get("sizes", {}).items():
-            rows.append(
-                {
-                    "split": s,
-                    "normal": size.get("NORMAL", 0),
-                    "pneumonia": size.get("PNEUMONIA", 0),
-                    "total": size.get("total", 0),
-                    "patients": len(splits.get("patients", {}).get(s, [])),
-                }
-            )
-        out["splits"] = {
-            "rows": rows,
-            "test_source": splits.get("test_source", "unknown"),
-            "notes": splits.get("notes", []),
-        }
-    if audit:
-        exact = audit.get("exact_duplicates", [])
-        near = audit.get("near_duplicates", [])
-        source = audit.get("cross_split", {}).get("source", {})
-        after = audit.get("after_split", {}).get("plan", {})
-        out["audit"] = {
-            "n_files": audit.get("n_files"),
-            "counts": audit.get("counts", {}),
-            "exact_clusters": len(exact),
-            "exact_files": sum(len(c) for c in exact),
-            "near_clusters": len(near),
-            "near_files": sum(len(c.get("files", [])) for c in near),
-            "near_rule": audit.get("near_duplicate_rule", ""),
-            "spanning_patients": audit.get("clusters_spanning_patients", 0),
-            "corrupt": audit.get("corrupt", []),
-            "source_patients": len(source.get("patients", [])),
-            "source_dups": len(source.get("duplicates", [])),
-            "after_patients": len(after.get("patients", [])) if after else None,
-            "after_dups": len(after.get("duplicates", [])) if after else None,
-            "examples": [
-                {"kind": "exact", "files": [Path(p).name for p in c[:4]]} for c in exact[:5]
-            ]
-            + [
-                {
-                    "kind": f"near (distance <= {c.get('max_distance')})",
-                    "files": [Path(p).name for p in c.get("files", [])[:4]],
-                }
-                for c in near[:5]
-            ],  # fmt: skip
-            "notes": audit.get("notes", []),
-        }
+    figures = []
     for name, caption in DATA_FIGURES:
         p = study_dir / "figures" / f"{name}.png"
         uri = rf.data_uri(p.read_bytes()) if p.is_file() else None
-        out["figures"].append({"name": name, "caption": caption, "uri": uri})
-    return out
+        figures.append({"name": name, "caption": caption, "uri": uri})
+    return {
+        "splits": _splits_summary(splits) if splits else None,
+        "audit": _audit_summary(audit) if audit else None,
+        "figures": figures,
+    }
+
+
+def _splits_summary(splits: dict[str, Any]) -> dict[str, Any]:
+    rows = [
+        {
+            "split": s,
+            "normal": size.get("NORMAL", 0),
+            "pneumonia": size.get("PNEUMONIA", 0),
+            "total": size.get("total", 0),
+            "patients": len(splits.get("patients", {}).get(s, [])),
+        }
+        for s, size in splits.get("sizes", {}).items()
+    ]
+    return {
+        "rows": rows,
+        "test_source": splits.get("test_source", "unknown"),
+        "notes": splits.get("notes", []),
+    }
+
+
+def _audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
+    """Duplicate clusters, corrupt files and patient leakage before and after the split."""
+    exact = audit.get("exact_duplicates", [])
+    near = audit.get("near_duplicates", [])
+    source = audit.get("cross_split", {}).get("source", {})
+    after = audit.get("after_split", {}).get("plan", {})
+    examples = [{"kind": "exact", "files": [Path(p).name for p in c[:4]]} for c in exact[:5]]
+    examples += [
+        {
+            "kind": f"near (distance <= {c.get('max_distance')})",
+            "files": [Path(p).name for p in c.get("files", [])[:4]],
+        }
+        for c in near[:5]
+    ]
+    return {
+        "n_files": audit.get("n_files"),
+        "counts": audit.get("counts", {}),
+        "exact_clusters": len(exact),
+        "exact_files": sum(len(c) for c in exact),
+        "near_clusters": len(near),
+        "near_files": sum(len(c.get("files", [])) for c in near),
+        "near_rule": audit.get("near_duplicate_rule", ""),
+        "spanning_patients": audit.get("clusters_spanning_patients", 0),
+        "corrupt": audit.get("corrupt", []),
+        "source_patients": len(source.get("patients", [])),
+        "source_dups": len(source.get("duplicates", [])),
+        "after_patients": len(after.get("patients", [])) if after else None,
+        "after_dups": len(after.get("duplicates", [])) if after else None,
+        "examples": examples,
+        "notes": audit.get("notes", []),
+    }
 
 
 def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
-    """Every trial with its curves; skipped families with their reason."""
-    trials = load_trials(study_dir)
-    rows = []
-    for t in trials:
-        tid = f"{t['family']}-{t['trial_id']}"
-        hist = read_history(Path(t["dir"]) / "history.csv")
-        # Judge from the curves with the rule quoted in the report, not the one stored at
-        # training time, so the leaderboard and its stated rule always agree.
-        exact = _exact_val_auc(Path(t["dir"]) / "val_predictions.csv")
-        verdict, reason = (
-            fit_verdict(hist, exact)
-            if hist
-            else (t.get("verdict", "-"), t.get("verdict_reason", ""))
-        )
-        curve = None
-        if hist:
-            png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
-            curve = rf.data_uri(png)
-        val = t.get("val", {})
-        run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
-        if t.get("stopped_early"):
-            stop = f"stopped at epoch {run} of {planned}; kept epoch {t.get('best_epoch')}"
-        else:
-            stop = f"ran all {planned}; kept epoch {t.get('best_epoch')}"
-        rows.append(
-            {
-                "id": tid,
-                "anchor": "curve-"
-                + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in tid),
-                "family": t["family"],
-                "hp": [(k, _fmt_hp(v)) for k, v in sorted(t.get("hyperparameters", {}).items())],
-                "epochs_run": run,
-                "epochs_planned": planned,
-                "best_epoch": t.get("best_epoch"),
-                "stopped_early": bool(t.get("stopped_early")),
-                "stop_text": stop,
-                "auc": val.get("auc"),
-                "auc_exact": exact,
-                "precision": val.get("precision"),
-                "recall": val.get("recall"),
-                "specificity": val.get("specificity"),
-                "loss": val.get("loss"),
-                "seconds": t.get("seconds"),
-                "time": _fmt_seconds(t.get("seconds")),
-                "params": t.get("params"),
-                "verdict": verdict,
-                "verdict_reason": reason,
-                "curve": curve,
-            }
-        )
-    rows.sort(key=lambda r: -(r["auc"] if r["auc"] is not None else -1))
+    """Every trial with its curves, ranked by the study's objective; skipped families."""
+    rows = [_trial_row(t) for t in load_trials(study_dir)]
+    # The winner is the trial with the highest objective, so row 1 is always the winner.
+    rows.sort(key=lambda r: -r["objective"])
     for i, r in enumerate(rows, start=1):
         r["rank"] = i
     gaps = [abs(r["auc"] - r["auc_exact"]) for r in rows if None not in (r["auc"], r["auc_exact"])]
-    skipped = (summary or {}).get("skipped") or {}
-    if not skipped:
-        cfg = _json(study_dir / "config.json") or {}
-        wanted = (cfg.get("config") or {}).get("families", [])
-        ran = {r["family"] for r in rows}
-        skipped = {f: "no finished trial (study interrupted?)" for f in wanted if f not in ran}
     return {
         "rows": rows,
-        "skipped": skipped,
+        "skipped": _skipped_families(study_dir, summary, {r["family"] for r in rows}),
         "verdict_rule": VERDICT_RULE,
         "max_auc_gap": max(gaps) if gaps else None,
     }
 
 
-def _exact_val_auc(path: Path) -> float | None:
-    """ROC-AUC from the trial's saved validation predictions (ties handled exactly).
+def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
+    """One leaderboard row: hyperparameters, stopping, validation metrics, fit verdict, curve."""
+    tid = f"{t['family']}-{t['trial_id']}"
+    hist = read_history(Path(t["dir"]) / "history.csv")
+    val = t.get("val", {})
+    exact = val.get("auc_exact")
+    # Judge from the curves with the rule quoted in the report, not the one stored at
+    # training time, so the leaderboard and its stated rule always agree.
+    verdict, reason = (
+        fit_verdict(hist, exact) if hist else (t.get("verdict", "-"), t.get("verdict_reason", ""))
+    )
+    curve = None
+    if hist:
+        png = rf.training_curves(hist, f"{tid}: train vs val", int(t.get("best_epoch", 0)))
+        curve = rf.data_uri(png)
+    run, planned = t.get("epochs_run", 0), t.get("epochs_planned", 0)
+    kept = f"kept epoch {t.get('best_epoch')}"
+    stop = (
+        f"stopped at epoch {run} of {planned}; {kept}"
+        if t.get("stopped_early")
+        else (f"ran all {planned}; {kept}")
+    )
+    return {
+        "id": tid,
+        "anchor": "curve-" + "".join(ch if ch.isalnum() or ch in "_-" else "-" for ch in tid),
+        "family": t["family"],
+        "hp": [(k, _fmt_hp(v)) for k, v in sorted(t.get("hyperparameters", {}).items())],
+        "epochs_run": run,
+        "epochs_planned": planned,
+        "best_epoch": t.get("best_epoch"),
+        "stopped_early": bool(t.get("stopped_early")),
+        "stop_text": stop,
+        "objective": objective(t),
+        "auc": val.get("auc"),
+        "auc_exact": exact,
+        "precision": val.get("precision"),
+        "recall": val.get("recall"),
+        "specificity": val.get("specificity"),
+        "seconds": t.get("seconds"),
+        "time": stats.fmt_duration(t.get("seconds")),
+        "params": t.get("params"),
+        "verdict": verdict,
+        "verdict_reason": reason,
+        "curve": curve,
+    }
 
-    The objective logged by Keras is a streaming AUC over 200 fixed thresholds; when a
-    model's probabilities bunch together (typical for short trainings) it can be far off.
-    """
-    d = _read_preds(path)
-    if d is None or not 0 < d["y"].sum() < len(d["y"]):
-        return None
-    return stats.binary_metrics(d["y"], d["p"], 0.5)["auc"]
+
+def _skipped_families(
+    study_dir: Path, summary: dict[str, Any] | None, ran: set[str]
+) -> dict[str, str]:
+    """Families with no model and why: from the summary, else the configured ones that never ran."""
+    skipped = (summary or {}).get("skipped") or {}
+    if skipped:
+        return skipped
+    cfg = _json(study_dir / "config.json") or {}
+    wanted = (cfg.get("config") or {}).get("families", [])
+    return {f: "no finished trial (study interrupted?)" for f in wanted if f not in ran}
 
 
 def _family_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each family's objective over its trials (best, median, worst, IQR), best family first."""
     fams: dict[str, list[float]] = {}
     for r in rows:
-        if r["auc"] is not None:
-            fams.setdefault(r["family"], []).append(float(r["auc"]))
+        if math.isfinite(r["objective"]):
+            fams.setdefault(r["family"], []).append(r["objective"])
     out = []
     for f, v in fams.items():
         q = np.percentile(v, [25, 75])
@@ -264,18 +272,6 @@ def _ci(y: np.ndarray, p: np.ndarray, g: list[str], metric: str, thr: float) -> 
     return ci.to_dict()
 
 
-def _holm(pvals: list[float]) -> list[float]:
-    """Holm-Bonferroni adjusted p-values: several pairwise tests, one family-wise error rate."""
-    m = len(pvals)
-    order = sorted(range(m), key=lambda i: pvals[i])
-    adj = [0.0] * m
-    running = 0.0
-    for rank, i in enumerate(order):
-        running = max(running, min(1.0, (m - rank) * pvals[i]))
-        adj[i] = running
-    return adj
-
-
 def compare_section(
     study_dir: Path, summary: dict[str, Any] | None, spread: list[dict[str, Any]]
 ) -> dict[str, Any]:
@@ -284,50 +280,66 @@ def compare_section(
     order = [r["family"] for r in spread if r["family"] in fams_info]
     order += [f for f in fams_info if f not in order]
     colours = rf.family_colours(order)
-    preds: dict[str, dict[str, Any]] = {}
     problems: list[str] = []
+    preds = _test_predictions(study_dir, order, problems)
+    out: dict[str, Any] = {
+        "spread": spread,
+        "spread_fig": _spread_figure(spread),
+        "side": [_side_row(f, fams_info[f]) for f in order],
+        "families": order,
+        "problems": problems,
+    }
+    if not preds:
+        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
+        return out
+    thr = {f: float(fams_info[f]["threshold"]) for f in preds}
+    out |= _test_figures(preds, thr, colours)
+    out |= _intervals(preds, thr, colours)
+    out["tests"] = _paired_tests(preds, thr, problems)
+    out["verdicts"] = _overall_verdict(out["tests"], list(preds))
+    return out
+
+
+def _test_predictions(
+    study_dir: Path, order: list[str], problems: list[str]
+) -> dict[str, dict[str, Any]]:
+    """Each family's saved test predictions; a missing or empty file is noted in problems."""
+    preds: dict[str, dict[str, Any]] = {}
     for f in order:
         d = _read_preds(study_dir / "families" / f / "test_predictions.csv")
         if d is None or len(d["y"]) == 0:
             problems.append(f"{f}: no test predictions (families/{f}/test_predictions.csv)")
             continue
         preds[f] = d
-    side = []
-    for f in order:
-        info = fams_info[f]
-        side.append(
-            {
-                "family": f,
-                "trial": info.get("trial"),
-                "threshold": info.get("threshold"),
-                "weights": info.get("weights"),
-                "val": info.get("val", {}),
-                "test": info.get("test", {}),
-            }
-        )
-    out: dict[str, Any] = {
-        "spread": spread,
-        "spread_fig": None,
-        "side": side,
-        "families": order,
-        "colours": colours,
-        "problems": problems,
+    return preds
+
+
+def _side_row(family: str, info: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "family": family,
+        "trial": info.get("trial"),
+        "threshold": info.get("threshold"),
+        "weights": info.get("weights"),
+        "val": info.get("val", {}),
+        "test": info.get("test", {}),
     }
-    if spread:
-        out["spread_fig"] = rf.data_uri(
-            rf.objective_spread(
-                {r["family"]: r["values"] for r in spread},
-                rf.family_colours([r["family"] for r in spread]),
-            )
-        )
-    if not preds:
-        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
-        return out
-    thr = {f: float(fams_info[f]["threshold"]) for f in preds}
-    curves = {f: (d["y"], d["p"]) for f, d in preds.items()}
+
+
+def _spread_figure(spread: list[dict[str, Any]]) -> rf.Picture | None:
+    if not spread:
+        return None
+    fams = [r["family"] for r in spread]
+    values = {r["family"]: r["values"] for r in spread}
+    return rf.data_uri(rf.objective_spread(values, rf.family_colours(fams)))
+
+
+def _test_figures(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], colours: dict[str, str]
+) -> dict[str, Any]:
+    """ROC/PR overlay, one confusion matrix per family, calibration figure and table."""
     has_both = all(0 < d["y"].sum() < len(d["y"]) for d in preds.values())
-    out["curves"] = rf.data_uri(rf.roc_pr_overlay(curves, thr, colours)) if has_both else None
-    out["confusions"] = [
+    curves = {f: (d["y"], d["p"]) for f, d in preds.items()}
+    confusions = [
         {
             "family": f,
             "uri": rf.data_uri(
@@ -340,37 +352,59 @@ def compare_section(
         for f, d in preds.items()
     ]
     cal = {f: stats.calibration(d["y"], d["p"]) for f, d in preds.items()}
-    out["calibration"] = rf.data_uri(rf.calibration_fig(cal, colours))
-    out["calibration_table"] = [
-        {"family": f, "brier": c["brier"], "ece": c.get("ece")} for f, c in cal.items()
+    return {
+        "curves": rf.data_uri(rf.roc_pr_overlay(curves, thr, colours)) if has_both else None,
+        "confusions": confusions,
+        "calibration": rf.data_uri(rf.calibration_fig(cal, colours)),
+        "calibration_table": [
+            {"family": f, "brier": c["brier"], "ece": c.get("ece")} for f, c in cal.items()
+        ],
+    }
+
+
+def _intervals(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], colours: dict[str, str]
+) -> dict[str, Any]:
+    """Patient-level bootstrap CIs of each family's test metrics, with their forest plot."""
+    cis = [
+        {"family": f} | _ci(d["y"], d["p"], d["patient"], m, thr[f])
+        for f, d in preds.items()
+        for m in CI_METRICS
     ]
+    return {
+        "cis": cis,
+        "ci_fig": rf.data_uri(rf.ci_forest(cis, colours)) if cis else None,
+        "n_patients": {f: len(set(d["patient"])) for f, d in preds.items()},
+        "n_images": {f: len(d["y"]) for f, d in preds.items()},
+    }
 
-    # Bootstrap CIs, patient-level.
-    cis = []
-    for f, d in preds.items():
-        for m in CI_METRICS:
-            cis.append({"family": f} | _ci(d["y"], d["p"], d["patient"], m, thr[f]))
-    out["cis"] = cis
-    out["ci_fig"] = rf.data_uri(rf.ci_forest(cis, colours)) if cis else None
-    out["n_patients"] = {f: len(set(d["patient"])) for f, d in preds.items()}
-    out["n_images"] = {f: len(d["y"]) for f, d in preds.items()}
 
-    # Paired tests on the images every family saw.
+def _paired(da: dict[str, Any], db: dict[str, Any]) -> tuple[np.ndarray, ...] | None:
+    """(labels, probabilities of A, of B) on the images both families saw; None if they differ."""
+    common = sorted(set(da["file"]) & set(db["file"]))
+    ia = {p: i for i, p in enumerate(da["file"])}
+    ib = {p: i for i, p in enumerate(db["file"])}
+    sel_a = np.array([ia[p] for p in common], int)
+    sel_b = np.array([ib[p] for p in common], int)
+    y = da["y"][sel_a]
+    if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
+        return None
+    return y, da["p"][sel_a], db["p"][sel_b]
+
+
+def _paired_tests(
+    preds: dict[str, dict[str, Any]], thr: dict[str, float], problems: list[str]
+) -> list[dict[str, Any]]:
+    """McNemar and DeLong for every pair of families, Holm-adjusted, each with its verdict."""
     tests: list[dict[str, Any]] = []
     for a, b in itertools.combinations(list(preds), 2):
-        da, db = preds[a], preds[b]
-        common = sorted(set(da["file"]) & set(db["file"]))
-        ia = {p: i for i, p in enumerate(da["file"])}
-        ib = {p: i for i, p in enumerate(db["file"])}
-        sel_a = np.array([ia[p] for p in common], int)
-        sel_b = np.array([ib[p] for p in common], int)
-        y = da["y"][sel_a]
-        if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
+        paired = _paired(preds[a], preds[b])
+        if paired is None:
             problems.append(
                 f"{a} vs {b}: the test predictions do not cover the same labelled images"
             )
             continue
-        pa, pb = da["p"][sel_a], db["p"][sel_b]
+        y, pa, pb = paired
         mc = stats.mcnemar(y, (pa >= thr[a]).astype(int), (pb >= thr[b]).astype(int))
         tests.append({"a": a, "b": b, "result": mc, "what": "accuracy at each model's threshold"})
         try:
@@ -379,15 +413,13 @@ def compare_section(
             problems.append(f"DeLong {a} vs {b}: {e}")
         else:
             tests.append({"a": a, "b": b, "result": dl, "what": "ROC-AUC"})
-    adj = _holm([t["result"]["p_value"] for t in tests]) if tests else []
+    adj = stats.holm([t["result"]["p_value"] for t in tests])
     for t, p_adj in zip(tests, adj, strict=True):
         t["p_holm"] = p_adj
         t["verdict"] = stats.verdict(t["a"], t["b"], t["result"], alpha=ALPHA)
         t["significant"] = t["result"]["p_value"] < ALPHA
         t["significant_holm"] = p_adj < ALPHA
-    out["tests"] = tests
-    out["verdicts"] = _overall_verdict(tests, list(preds))
-    return out
+    return tests
 
 
 def _overall_verdict(tests: list[dict[str, Any]], fams: list[str]) -> list[str]:
@@ -418,42 +450,13 @@ def winner_section(
     if not winner:
         return None
     fam = winner.get("family")
+    thr = float(winner["threshold"])
     val = _read_preds(study_dir / "families" / fam / "val_predictions.csv")
     test = _read_preds(study_dir / "families" / fam / "test_predictions.csv")
-    thr = float(winner["threshold"])
-    ts = sorted({*TABLE_THRESHOLDS, round(thr, 6)})
-    table = []
-    val_rows = stats.threshold_table(val["y"], val["p"], ts) if val and len(val["y"]) else []
-    test_rows = stats.threshold_table(test["y"], test["p"], ts) if test and len(test["y"]) else []
-    for i, t in enumerate(ts):
-        table.append(
-            {
-                "threshold": t,
-                "chosen": abs(t - thr) < 1e-9 or t == round(thr, 6),
-                "val": val_rows[i] if val_rows else None,
-                "test": test_rows[i] if test_rows else None,
-            }
-        )
     curve = None
     if val and 0 < val["y"].sum() < len(val["y"]):
         curve = rf.data_uri(rf.threshold_curve(val["y"], val["p"], thr, "validation"))
-    metric_rows = []
-    for key, label in (
-        ("accuracy", "accuracy"),
-        ("sensitivity", "sensitivity (recall)"),
-        ("specificity", "specificity"),
-        ("precision", "precision (PPV)"),
-        ("f1", "F1"),
-        ("auc", "ROC-AUC"),
-        ("pr_auc", "PR-AUC (average precision)"),
-    ):
-        metric_rows.append(
-            {
-                "label": label,
-                "val": (winner.get("validation") or {}).get(key),
-                "test": (winner.get("test") or {}).get(key),
-            }
-        )
+    validation, tested = winner.get("validation") or {}, winner.get("test") or {}
     return {
         "family": fam,
         "trial": winner.get("trial"),
@@ -466,16 +469,37 @@ def winner_section(
         ],
         "weights": winner.get("weights"),
         "preprocess": winner.get("preprocess", {}),
-        "table": table,
+        "table": _threshold_rows(val, test, thr),
         "curve": curve,
-        "metrics": metric_rows,
-        "val_conf": (winner.get("validation") or {}).get("confusion"),
-        "test_conf": (winner.get("test") or {}).get("confusion"),
+        "metrics": [
+            {"label": label, "val": validation.get(key), "test": tested.get(key)}
+            for key, label in WINNER_METRICS
+        ],
+        "val_conf": validation.get("confusion"),
+        "test_conf": tested.get("confusion"),
         "carved": test_source == "carved from train",
         "test_source": test_source,
         "packages": winner.get("packages", {}),
         "fingerprint": winner.get("data_fingerprint"),
     }
+
+
+def _threshold_rows(
+    val: dict[str, Any] | None, test: dict[str, Any] | None, thr: float
+) -> list[dict[str, Any]]:
+    """Sensitivity, specificity, precision on val and test at fixed cut-offs and the chosen one."""
+    ts = sorted({*TABLE_THRESHOLDS, round(thr, 6)})
+    val_rows = stats.threshold_table(val["y"], val["p"], ts) if val and len(val["y"]) else []
+    test_rows = stats.threshold_table(test["y"], test["p"], ts) if test and len(test["y"]) else []
+    return [
+        {
+            "threshold": t,
+            "chosen": abs(t - thr) < 1e-9 or t == round(thr, 6),
+            "val": val_rows[i] if val_rows else None,
+            "test": test_rows[i] if test_rows else None,
+        }
+        for i, t in enumerate(ts)
+    ]
 
 
 def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Path | None) -> Any:
@@ -532,13 +556,8 @@ def _environment() -> Any:
     def pct(v: Any, digits: int = 1) -> str:
         return "-" if v is None else f"{100 * float(v):.{digits}f}%"
 
-    def pval(v: Any) -> str:
-        if v is None:
-            return "-"
-        return "< 0.001" if v < 0.001 else f"{v:.3f}"
-
     def sortval(v: Any) -> str:
-        return "" if v is None else str(v)
+        return "" if v is None or (isinstance(v, float) and not math.isfinite(v)) else str(v)
 
     def img(pic: rf.Picture | None, alt: str, missing: str = "image not available") -> Any:
         if pic is None:
@@ -547,7 +566,7 @@ def _environment() -> Any:
             pic.uri, pic.width, pic.height, alt
         )
 
-    env.filters.update(num=num, pct=pct, pval=pval, sortval=sortval)
+    env.filters.update(num=num, pct=pct, fmt_p=stats.fmt_p, sortval=sortval)
     env.globals["img"] = img
     return env
 
@@ -571,8 +590,6 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
     return {
         "study": cfg.get("name") or study_dir.name,
         "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "config": cfg,
-        "summary": summary,
         "winner_info": winner,
         "data": data,
         "board": board,
@@ -582,7 +599,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": len(board["rows"]),
-        "study_seconds": _fmt_seconds(
+        "study_seconds": stats.fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),
     }
@@ -592,12 +609,12 @@ def render(context: dict[str, Any]) -> str:
     return _environment().get_template("report.html.j2").render(**context)
 
 
-def write_report(study_dir: Path, *, include_errors: bool = True) -> Path:
+def write_report(study_dir: Path) -> Path:
     """Render results/<study>/report.html from the study's saved artifacts; returns its path."""
     study_dir = Path(study_dir)
     if not study_dir.is_dir():
         raise FileNotFoundError(f"no study folder {study_dir}")
-    text = render(build_context(study_dir, include_errors=include_errors))
+    text = render(build_context(study_dir))
     out = study_dir / REPORT_NAME
     tmp = out.with_suffix(".html.tmp")
     tmp.write_text(text, encoding="utf-8")

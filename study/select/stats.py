@@ -13,8 +13,11 @@ can be traced to one function:
   makes intervals too narrow.
 * :func:`mcnemar` (paired accuracies) and :func:`delong` (paired AUCs): every
   model is scored on the same test images, so the comparisons must be paired.
+* :func:`holm`: adjusted p-values when several pairwise tests are read together.
 * :func:`verdict`: one plain-language sentence per test, so the report never
   calls a difference "better" without a p-value beside it.
+* :func:`fmt_p` and :func:`fmt_duration`: the one way a p-value or a wall time is
+  written, in the report's sentences, its tables and the progress lines.
 * :func:`calibration` and :func:`effect_size`: reliability curve and the error
   analysis (do errors differ from correct cases in intensity, contrast, ...?).
 
@@ -34,7 +37,6 @@ from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
-    confusion_matrix,
     roc_auc_score,
     roc_curve,
 )
@@ -65,8 +67,21 @@ def _ratio(num: float, den: float) -> float | None:
 
 
 def _counts(y: np.ndarray, pred: np.ndarray) -> dict[str, int]:
-    tn, fp, fn, tp = confusion_matrix(y, pred, labels=[0, 1]).ravel()
+    """The confusion matrix of 0/1 labels and calls, as named counts."""
+    tn, fp, fn, tp = np.bincount(2 * y + pred, minlength=4)
     return {"tn": int(tn), "fp": int(fp), "fn": int(fn), "tp": int(tp)}
+
+
+def _rates(c: dict[str, int]) -> dict[str, float | None]:
+    """Operating-point rates from confusion counts; None where a rate is undefined."""
+    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
+    return {
+        "accuracy": _ratio(tp + tn, tn + fp + fn + tp),
+        "sensitivity": _ratio(tp, tp + fn),
+        "specificity": _ratio(tn, tn + fp),
+        "precision": _ratio(tp, tp + fp),
+        "f1": _ratio(2 * tp, 2 * tp + fp + fn),
+    }
 
 
 def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
@@ -78,19 +93,11 @@ def binary_metrics(y_true: Any, prob: Any, threshold: float) -> dict[str, Any]:
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
     c = _counts(y, (p >= threshold).astype(np.int64))
-    tn, fp, fn, tp = c["tn"], c["fp"], c["fn"], c["tp"]
-    sens = _ratio(tp, tp + fn)
-    prec = _ratio(tp, tp + fp)
-    f1 = _ratio(2 * tp, 2 * tp + fp + fn)
     both = 0 < y.sum() < y.size
     return {
         "threshold": float(threshold),
         "n": int(y.size),
-        "accuracy": _ratio(tp + tn, y.size),
-        "sensitivity": sens,
-        "specificity": _ratio(tn, tn + fp),
-        "precision": prec,
-        "f1": f1,
+        **_rates(c),
         "auc": float(roc_auc_score(y, p)) if both else None,
         "pr_auc": float(average_precision_score(y, p)) if both else None,
         "confusion": c,
@@ -138,14 +145,15 @@ def threshold_table(y_true: Any, prob: Any, thresholds: Sequence[float]) -> list
     p = _as_scores(prob, y.size)
     rows = []
     for t in thresholds:
-        m = binary_metrics(y, p, float(t))
+        c = _counts(y, (p >= t).astype(np.int64))
+        r = _rates(c)
         rows.append(
             {
                 "threshold": float(t),
-                "sensitivity": m["sensitivity"],
-                "specificity": m["specificity"],
-                "precision": m["precision"],
-                **m["confusion"],
+                "sensitivity": r["sensitivity"],
+                "specificity": r["specificity"],
+                "precision": r["precision"],
+                **c,
             }
         )
     return rows
@@ -455,8 +463,40 @@ def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
     }
 
 
-def _fmt_p(p: float) -> str:
-    return "p < 0.001" if p < 0.001 else f"p = {p:.3f}" if p < 0.01 else f"p = {p:.2f}"
+# ----------------------------------------------------------------- multiple tests, formatting
+
+
+def holm(pvals: Sequence[float]) -> list[float]:
+    """Holm-Bonferroni adjusted p-values: several pairwise tests, one family-wise error rate."""
+    m = len(pvals)
+    order = sorted(range(m), key=lambda i: pvals[i])
+    adj = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * pvals[i]))
+        adj[i] = running
+    return adj
+
+
+def fmt_p(p: float | None, *, prefix: bool = True) -> str:
+    """A p-value as every sentence and table of the report writes it.
+
+    "p < 0.001" below 0.001, three decimals below 0.01, else two; ``prefix=False`` drops
+    the "p" for table cells headed "p". None or NaN reads "-".
+    """
+    if p is None or not math.isfinite(p):
+        return "-"
+    text = "< 0.001" if p < 0.001 else f"= {p:.3f}" if p < 0.01 else f"= {p:.2f}"
+    return f"p {text}" if prefix else text.removeprefix("= ")
+
+
+def fmt_duration(seconds: float | None) -> str:
+    """Wall time as the progress lines and the report write it: 1h05m, or 4m07s under an hour."""
+    if seconds is None or not math.isfinite(seconds):
+        return "-"
+    h, rem = divmod(int(max(0.0, seconds)), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float = 0.05) -> str:
@@ -470,7 +510,7 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
         detail = f"; {test_result['b']} vs {test_result['c']} discordant images"
     else:
         detail = ""
-    stat = f"({test} {_fmt_p(p)}{detail})"
+    stat = f"({test} {fmt_p(p)}{detail})"
     values = f" ({va:.3f} vs {vb:.3f})" if va is not None and vb is not None else ""
     if p < alpha and va is not None and vb is not None and va != vb:
         hi_name, lo_name = (name_a, name_b) if va > vb else (name_b, name_a)
@@ -488,32 +528,28 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
 # --------------------------------------------------------------------------- calibration, errors
 
 
-def calibration(
-    y_true: Any, prob: Any, n_bins: int = 10, strategy: Literal["uniform", "quantile"] = "uniform"
-) -> dict[str, Any]:
+def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
     """Reliability curve + Brier score: does 'P = 0.8' mean 80 % pneumonia?
 
-    Empty bins are dropped (as sklearn does). ``count`` and the expected
-    calibration error are reported for uniform bins only, using the same bin
-    edges as :func:`sklearn.calibration.calibration_curve`.
+    Uniform bins; empty ones are dropped (as sklearn does). ``count`` and the expected
+    calibration error use the same bin edges as
+    :func:`sklearn.calibration.calibration_curve`.
     """
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy=strategy)
+    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
     out: dict[str, Any] = {
         "n_bins": n_bins,
-        "strategy": strategy,
         "prob_pred": [float(v) for v in prob_pred],
         "prob_true": [float(v) for v in prob_true],
         "brier": float(brier_score_loss(y, p)),
     }
-    if strategy == "uniform":
-        edges = np.linspace(0.0, 1.0, n_bins + 1)
-        counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
-        counts = counts[counts > 0]
-        if counts.size == prob_true.size:
-            out["count"] = [int(c) for c in counts]
-            out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
+    edges = np.linspace(0.0, 1.0, n_bins + 1)
+    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
+    counts = counts[counts > 0]
+    if counts.size == prob_true.size:
+        out["count"] = [int(c) for c in counts]
+        out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
     return out
 
 

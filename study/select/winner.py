@@ -22,6 +22,7 @@ from study.select.model_io import copy_export, export_winner
 if TYPE_CHECKING:  # the config is passed down; the selection stage never imports it at run time
     from study.config import StudyConfig
 
+SUMMARY_NAME = "summary.json"
 PACKAGES = (
     "tensorflow-cpu",
     "keras",
@@ -69,6 +70,11 @@ def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return best
 
 
+def winning_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
+    """The study's winner: the trial with the highest objective, chosen on validation only."""
+    return max(best_per_family(trials).values(), key=objective)
+
+
 def model_info(
     cfg: StudyConfig,
     data: StudyData,
@@ -109,7 +115,8 @@ def finish_study(
     cfg: StudyConfig, data: StudyData, skipped: dict[str, str], weights_used: dict[str, str]
 ) -> dict[str, Any]:
     """Evaluate and export each family's best, so families can be compared on any data;
-    export the overall best (by validation only) as the winner."""
+    export the overall best (by validation only) as the winner. Returns the summary, which
+    the caller completes and saves with :func:`write_summary`."""
     study_dir = cfg.study_dir
     trials = load_trials(study_dir)
     if not trials:
@@ -140,7 +147,7 @@ def finish_study(
         # families/<fam>/winner/ is this family's best, loadable like the winner itself.
         infos[fam] = model_info(cfg, data, t, families[fam], skipped)
         export_winner(model, infos[fam], fam_dir)
-    win_fam = max(bests, key=lambda f: objective(bests[f]))
+    win_fam = winning_trial(trials)["family"]
     copy_export(study_dir / "families" / win_fam, study_dir)  # the same files, not re-exported
     summary = {
         "winner": infos[win_fam],
@@ -150,5 +157,15 @@ def finish_study(
         # A resumed study's true cost: the training time of every trial, whichever run did it.
         "trial_seconds": sum(t.get("seconds", 0.0) for t in trials),
     }
-    (study_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
     return summary
+
+
+def write_summary(study_dir: Path, summary: dict[str, Any]) -> Path:
+    """results/<study>/summary.json, the report's record of every family and the winner.
+
+    The only writer of that file: the workflow calls it once, after adding this run's
+    wall time to what :func:`finish_study` returned.
+    """
+    path = Path(study_dir) / SUMMARY_NAME
+    path.write_text(json.dumps(summary, indent=1, default=str))
+    return path
