@@ -26,7 +26,7 @@ from sqlalchemy import select
 from service.db import Database
 from service.models import LABELS, Label, Upload
 from service.storage import LocalStorage, Storage
-from study.data.preprocess import ImageDecodeError, decode
+from study.serving import ImageDecodeError, decode
 
 log = logging.getLogger("service.feedback")
 

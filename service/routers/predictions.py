@@ -15,7 +15,7 @@ from service.models import Prediction
 from service.queue import BrokerUnavailable
 from service.schemas import Accepted, PredictionOut, prediction_out, status_url
 from service.storage import StorageKeyError
-from study.data.preprocess import sniff_format
+from study.serving import sniff_format
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 CHUNK = 1 << 20
