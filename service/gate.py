@@ -35,7 +35,7 @@ from typing import Any
 
 import cv2
 
-from service.gate_features import FEATURES, compute_features
+from service.gate_features import FEATURES, GateFeatures, compute_features
 from service.gate_model import GateModel, StaleGateError, Threshold, fit_gate, load_gate
 from service.settings import Settings
 from study.serving import (
@@ -165,6 +165,38 @@ def _reject(code: Refusal, message: str, checks: dict, **kw: Any) -> GateResult:
 # ----------------------------------------------------------------------------- format layer
 
 
+def _unknown_format(data: bytes, checks: dict) -> GateResult:
+    """Not JPEG, PNG or DICOM: name a known other container, else 'not an image'."""
+    other = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
+    checks["format"] = _check(other or "unknown", "jpeg|png|dicom", "in", False, "format")
+    if other:
+        return _reject(
+            Refusal.UNSUPPORTED_FORMAT,
+            f"this is a {other} file; please upload a JPEG, PNG or DICOM chest X-ray",
+            checks,
+        )
+    return _reject(
+        Refusal.NOT_AN_IMAGE, "this file is not an image (expected JPEG, PNG or DICOM)", checks
+    )
+
+
+def _declared_size(data: bytes, fmt: str, max_pixels: int, checks: dict) -> GateResult | None:
+    """JPEG/PNG: refuse from the header's declared size, before any pixel is decoded."""
+    try:
+        w, h = header_size(data, fmt)
+    except ImageDecodeError as exc:
+        return _reject(Refusal.NOT_AN_IMAGE, f"the {fmt.upper()} file is damaged: {exc}", checks)
+    ok = w * h <= max_pixels
+    checks["pixels"] = _check(w * h, max_pixels, "max", ok, "format")
+    if ok:
+        return None
+    return _reject(
+        Refusal.TOO_LARGE,
+        f"the image declares {w}x{h} pixels, over the {max_pixels:,} pixel limit",
+        checks,
+    )
+
+
 def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
     """Layer 1 only: is this a JPEG/PNG/DICOM within the limits? Cheap; never raises."""
     s = settings or Settings()
@@ -179,33 +211,11 @@ def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
         )
     fmt = sniff_format(data) if n else None
     if fmt is None:
-        other = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
-        checks["format"] = _check(other or "unknown", "jpeg|png|dicom", "in", False, "format")
-        if other:
-            return _reject(
-                Refusal.UNSUPPORTED_FORMAT,
-                f"this is a {other} file; please upload a JPEG, PNG or DICOM chest X-ray",
-                checks,
-            )
-        return _reject(
-            Refusal.NOT_AN_IMAGE, "this file is not an image (expected JPEG, PNG or DICOM)", checks
-        )
+        return _unknown_format(data, checks)
     checks["format"] = _check(fmt, "jpeg|png|dicom", "in", True, "format")
-    if fmt in ("jpeg", "png"):
-        try:
-            w, h = header_size(data, fmt)
-        except ImageDecodeError as exc:
-            return _reject(
-                Refusal.NOT_AN_IMAGE, f"the {fmt.upper()} file is damaged: {exc}", checks
-            )
-        ok = w * h <= s.max_pixels
-        checks["pixels"] = _check(w * h, s.max_pixels, "max", ok, "format")
-        if not ok:
-            return _reject(
-                Refusal.TOO_LARGE,
-                f"the image declares {w}x{h} pixels, over the {s.max_pixels:,} pixel limit",
-                checks,
-            )
+    refused = _declared_size(data, fmt, s.max_pixels, checks) if fmt != "dicom" else None
+    if refused is not None:
+        return refused
     try:
         decoded = decode(data, max_pixels=s.max_pixels)
         to_grayscale(decoded.pixels)  # shape sanity: refuses odd channel layouts
@@ -284,6 +294,21 @@ def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
     return msg
 
 
+def _content_checks(feats: GateFeatures, m: GateModel) -> dict[str, dict[str, Any]]:
+    """Every X-ray, chest and quality score against its fitted threshold."""
+    checks: dict[str, dict[str, Any]] = {}
+    for name, (layer, _, _) in FEATURES.items():
+        t: Threshold = m.thresholds[name]
+        v = feats.values[name]
+        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
+    cs = m.chest_scores(feats.chest_vector)
+    t = m.thresholds["chest_score"]
+    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
+    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
+    checks["chest_score"]["residual"] = _num(cs["residual"])
+    return checks
+
+
 def gate_decoded(
     decoded: Decoded, settings: Settings | None = None, model: GateModel | None = None
 ) -> GateResult:
@@ -302,15 +327,7 @@ def gate_decoded(
         why = f"the image's pixels could not be analysed ({type(exc).__name__})"
         checks["analysable"] = _check(False, True, "eq", False, "format")
         return _reject(Refusal.UNSUPPORTED_FORMAT, why, checks, decoded=decoded, meta=meta)
-    for name, (layer, _, _) in FEATURES.items():
-        t: Threshold = m.thresholds[name]
-        v = feats.values[name]
-        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
-    cs = m.chest_scores(feats.chest_vector)
-    t = m.thresholds["chest_score"]
-    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
-    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
-    checks["chest_score"]["residual"] = _num(cs["residual"])
+    checks |= _content_checks(feats, m)
 
     def failing(layer: str) -> list[str]:
         return [k for k, c in checks.items() if c["layer"] == layer and not c["passed"]]
