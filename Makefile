@@ -31,7 +31,7 @@ benchmark: venv
 	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
 
 serve: venv
-	$(BIN)/python -m service
+	PNEUMOSCOPE_DATA_DIR=$${PNEUMOSCOPE_DATA_DIR:-$(DATA_DIR)} $(BIN)/python -m service
 
 freeze:
 	$(BIN)/pip freeze > requirements.txt

@@ -19,7 +19,8 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-from service.gate import GateSettings, default_model, run_gate
+from service.gate import default_model, run_gate
+from service.settings import Settings
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,7 +33,7 @@ def _default_samples() -> Path:
 def gate_table(samples_dir: Path, gate_path: Path | None = None) -> dict[str, Any]:
     """Run the gate on every file below samples_dir, grouped by folder."""
     model = default_model(gate_path)
-    settings = GateSettings.from_env()
+    settings = Settings()
     files: list[dict[str, Any]] = []
     folders: dict[str, dict[str, Any]] = {}
     for p in sorted(x for x in samples_dir.rglob("*") if x.is_file()):

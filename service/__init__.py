@@ -2,7 +2,7 @@
 
 Layout (one concern per module)::
 
-    __main__.py     python -m service [embedded|api|worker|migrate]
+    __main__.py     python -m service [embedded|api|worker|migrate|export-feedback]
     settings.py     the one Settings object (env vars, documented per field)
     api.py          FastAPI app factory; routers/{predictions,uploads,health}.py
     context.py      shared per-app objects, API-key dependency
@@ -15,12 +15,14 @@ Layout (one concern per module)::
     tasks.py        the job: claim -> gate -> predict -> heatmap -> write
     jobs.py         atomic job state transitions (claim/lease/finish/sweep queries)
     sweeper.py      worker thread: heartbeat, lease renewal, re-send lost jobs
-    inference.py    the model in the worker (Winner.prepare, study.report.gradcam)
+    inference.py    the model in the worker (Winner.prepare, Grad-CAM)
     db.py, models.py, migrate.py, migrations/   SQLAlchemy 2 + Alembic
     storage.py      Storage protocol; content-addressed local directory
     preview.py      grey PNG preview of an upload (DICOM too) for the reviewer page
     feedback.py     reviewed uploads -> Kaggle layout for the study
-    gate.py         the input gate (written separately)
+    gate.py         the input gate (gate_features.py, gate_model.py: its fitted part)
+
+The study is reached only through ``study.serving`` (tests/test_architecture.py).
 
 Decisions:
 - A duplicate upload (same SHA-256) reuses the upload row and stored file and

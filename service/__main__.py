@@ -1,9 +1,11 @@
-"""``python -m service [embedded|api|worker|migrate]``.
+"""``python -m service [embedded|api|worker|migrate|export-feedback]``.
 
 - no argument / ``embedded``: migrate, then the API plus one worker subprocess
   (SQLite database and SQLite broker by default: no servers to run).
 - ``api``: the HTTP API only (uvicorn). ``worker``: one Celery worker process.
 - ``migrate``: apply Alembic migrations to DATABASE_URL.
+- ``export-feedback [--database-url URL] [--storage-dir DIR] [--out DIR]``: reviewed
+  uploads -> Kaggle layout, for the study's ``--extra-data`` (service.feedback).
 """
 
 from __future__ import annotations
@@ -73,9 +75,21 @@ def run_embedded(settings: Settings) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m service", description=__doc__.split("\n")[0])
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["export-feedback"]:  # has flags of its own
+        from service.feedback import main as export_feedback
+
+        return export_feedback(argv[1:])
+    p = argparse.ArgumentParser(
+        prog="python -m service",
+        description=__doc__.split("\n")[0],
+        epilog="'python -m service export-feedback --help' for the feedback export's flags.",
+    )
     p.add_argument(
-        "mode", nargs="?", default="embedded", choices=["embedded", "api", "worker", "migrate"]
+        "mode",
+        nargs="?",
+        default="embedded",
+        choices=["embedded", "api", "worker", "migrate", "export-feedback"],
     )
     args = p.parse_args(argv)
     settings = Settings()

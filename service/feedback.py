@@ -1,14 +1,15 @@
 """Reviewed uploads -> the Kaggle layout, so the study can train on them.
 
 ``out_dir/train/{NORMAL,PNEUMONIA}/<sha256>.png``. Every file is written as
-a lossless PNG of the *decoded* pixels (study.data.preprocess.decode, nothing
-further): JPEG and PNG keep their pixels, DICOMs become PNGs the study can
-read, 16-bit stays 16-bit, and the study applies its own preprocessing as to
-any other image. Re-running is idempotent; a re-review that changed the
-label moves the file to the other class.
+a lossless PNG of the *decoded* pixels (the study's decode, nothing further):
+JPEG and PNG keep their pixels, DICOMs become PNGs the study can read, 16-bit
+stays 16-bit, and the study applies its own preprocessing as to any other image.
+Re-running is idempotent; a re-review that changed the label moves the file to
+the other class.
 
-Wired by the lead as ``python run_study.py data export-feedback --database-url URL --out DIR``;
-:func:`main` takes the same flags.
+Run as ``python -m service export-feedback [--database-url URL] [--storage-dir DIR]
+[--out DIR]`` (``python run_study.py data export-feedback ...`` is an alias that
+runs it in a subprocess, so the study never imports the service).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from sqlalchemy import select
 from service.db import Database
 from service.models import LABELS, Label, Upload
 from service.storage import LocalStorage, Storage
-from study.data.preprocess import ImageDecodeError, decode
+from study.serving import ImageDecodeError, decode
 
 log = logging.getLogger("service.feedback")
 
@@ -92,7 +93,10 @@ def export_feedback(database_url: str, storage: Storage, out_dir: Path) -> dict[
 def main(argv: list[str] | None = None) -> int:
     from service.settings import Settings
 
-    p = argparse.ArgumentParser(description="Export reviewed uploads in the Kaggle layout.")
+    p = argparse.ArgumentParser(
+        prog="python -m service export-feedback",
+        description="Export reviewed uploads in the Kaggle layout.",
+    )
     p.add_argument("--database-url", default=None, help="default: the service's DATABASE_URL")
     p.add_argument("--storage-dir", type=Path, default=None, help="default: STORAGE_DIR")
     p.add_argument("--out", type=Path, default=Path("data/feedback"))

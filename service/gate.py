@@ -1,8 +1,8 @@
 """Input gate: "is this a usable chest X-ray?", in four layers, each with its own code.
 
 1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large``: JPEG, PNG or
-   DICOM through study.data.preprocess.decode (the only decoder), byte and pixel
-   limits checked before any pixel is decoded (decode reads header sizes first).
+   DICOM through the study's decode (the only decoder), byte and pixel limits
+   (Settings.max_upload_bytes / max_pixels) checked before any pixel is decoded.
 2. X-ray    ``not_xray``: colour, white background, edge density
    and fine detail against thresholds learned from the training X-rays.
 3. chest    ``not_chest_xray``: DICOM Modality/BodyPartExamined when present, then
@@ -29,18 +29,21 @@ import os
 import sys
 import threading
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
 import cv2
 
-from service.gate_features import FEATURES, compute_features
+from service.gate_features import FEATURES, GateFeatures, compute_features
 from service.gate_model import GateModel, StaleGateError, Threshold, fit_gate, load_gate
-from study.data.preprocess import (
+from service.settings import Settings
+from study.serving import (
+    DEFAULT_DATA_DIR,
     Decoded,
     ImageDecodeError,
-    _header_size,
     decode,
+    header_size,
     sniff_format,
     to_grayscale,
 )
@@ -48,10 +51,18 @@ from study.data.preprocess import (
 log = logging.getLogger(__name__)
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_GATE_PATH = Path("results") / "gate" / "gate.npz"
-DEFAULT_DATA_DIR = Path("..") / "shared" / "data" / "chest_xray"
 
-CODES = ("not_an_image", "unsupported_format", "too_large", "not_xray", "not_chest_xray")
-CODES += ("low_quality",)
+
+class Refusal(StrEnum):
+    """The gate's refusal codes, one per layer (format has three); stored and sent as strings."""
+
+    NOT_AN_IMAGE = "not_an_image"
+    UNSUPPORTED_FORMAT = "unsupported_format"
+    TOO_LARGE = "too_large"
+    NOT_XRAY = "not_xray"
+    NOT_CHEST_XRAY = "not_chest_xray"
+    LOW_QUALITY = "low_quality"
+
 
 # DICOM: modalities that are chest radiographs; others are refused on the header alone.
 XRAY_MODALITIES = {"CR", "DX", "DR"}
@@ -111,42 +122,11 @@ def supported_transfer_syntaxes() -> dict[str, str]:
 
 
 @dataclass
-class GateSettings:
-    """Request-level limits (the fitted thresholds live in GateModel)."""
-
-    max_bytes: int = 50 * 1024 * 1024
-    max_pixels: int = 40_000_000
-    check_quality: bool = True
-
-    @classmethod
-    def coerce(cls, obj: Any) -> GateSettings:
-        """Accept the service's own Settings too (max_upload_bytes / max_pixels)."""
-        if obj is None:
-            return cls()
-        if isinstance(obj, cls):
-            return obj
-        d = cls()
-        return cls(
-            max_bytes=int(getattr(obj, "max_bytes", getattr(obj, "max_upload_bytes", d.max_bytes))),
-            max_pixels=int(getattr(obj, "max_pixels", d.max_pixels)),
-            check_quality=bool(getattr(obj, "gate_check_quality", d.check_quality)),
-        )
-
-    @classmethod
-    def from_env(cls) -> GateSettings:
-        d = cls()
-        return cls(
-            max_bytes=int(os.environ.get("PNEUMOSCOPE_GATE_MAX_BYTES", d.max_bytes)),
-            max_pixels=int(os.environ.get("PNEUMOSCOPE_GATE_MAX_PIXELS", d.max_pixels)),
-        )
-
-
-@dataclass
 class GateResult:
     """The gate's verdict. ``checks`` holds every score, its threshold and pass/fail."""
 
     accepted: bool
-    code: str | None
+    code: Refusal | None
     message: str
     checks: dict[str, dict[str, Any]] = field(default_factory=dict)
     decoded: Decoded | None = None
@@ -178,52 +158,64 @@ def _num(x: Any) -> Any:
     return x
 
 
-def _reject(code: str, message: str, checks: dict, **kw: Any) -> GateResult:
+def _reject(code: Refusal, message: str, checks: dict, **kw: Any) -> GateResult:
     return GateResult(False, code, message, checks, **kw)
 
 
 # ----------------------------------------------------------------------------- format layer
 
 
-def format_check(data: bytes, settings: GateSettings | None = None) -> GateResult:
-    """Layer 1 only: is this a JPEG/PNG/DICOM within the limits? Cheap; never raises."""
-    s = GateSettings.coerce(settings)
-    checks: dict[str, dict[str, Any]] = {}
-    n = len(data)
-    checks["bytes"] = _check(n, s.max_bytes, "max", n <= s.max_bytes, "format")
-    if n > s.max_bytes:
+def _unknown_format(data: bytes, checks: dict) -> GateResult:
+    """Not JPEG, PNG or DICOM: name a known other container, else 'not an image'."""
+    other = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
+    checks["format"] = _check(other or "unknown", "jpeg|png|dicom", "in", False, "format")
+    if other:
         return _reject(
-            "too_large",
-            f"the file is {n / 2**20:.1f} MiB; the limit is {s.max_bytes / 2**20:.0f} MiB",
+            Refusal.UNSUPPORTED_FORMAT,
+            f"this is a {other} file; please upload a JPEG, PNG or DICOM chest X-ray",
+            checks,
+        )
+    return _reject(
+        Refusal.NOT_AN_IMAGE, "this file is not an image (expected JPEG, PNG or DICOM)", checks
+    )
+
+
+def _declared_size(data: bytes, fmt: str, max_pixels: int, checks: dict) -> GateResult | None:
+    """JPEG/PNG: refuse from the header's declared size, before any pixel is decoded."""
+    try:
+        w, h = header_size(data, fmt)
+    except ImageDecodeError as exc:
+        return _reject(Refusal.NOT_AN_IMAGE, f"the {fmt.upper()} file is damaged: {exc}", checks)
+    ok = w * h <= max_pixels
+    checks["pixels"] = _check(w * h, max_pixels, "max", ok, "format")
+    if ok:
+        return None
+    return _reject(
+        Refusal.TOO_LARGE,
+        f"the image declares {w}x{h} pixels, over the {max_pixels:,} pixel limit",
+        checks,
+    )
+
+
+def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
+    """Layer 1 only: is this a JPEG/PNG/DICOM within the limits? Cheap; never raises."""
+    s = settings or Settings()
+    checks: dict[str, dict[str, Any]] = {}
+    n, limit = len(data), s.max_upload_bytes
+    checks["bytes"] = _check(n, limit, "max", n <= limit, "format")
+    if n > limit:
+        return _reject(
+            Refusal.TOO_LARGE,
+            f"the file is {n / 2**20:.1f} MiB; the limit is {limit / 2**20:.0f} MiB",
             checks,
         )
     fmt = sniff_format(data) if n else None
     if fmt is None:
-        other = next((name for magic, name in _OTHER_MAGIC if data.startswith(magic)), None)
-        checks["format"] = _check(other or "unknown", "jpeg|png|dicom", "in", False, "format")
-        if other:
-            return _reject(
-                "unsupported_format",
-                f"this is a {other} file; please upload a JPEG, PNG or DICOM chest X-ray",
-                checks,
-            )
-        return _reject(
-            "not_an_image", "this file is not an image (expected JPEG, PNG or DICOM)", checks
-        )
+        return _unknown_format(data, checks)
     checks["format"] = _check(fmt, "jpeg|png|dicom", "in", True, "format")
-    if fmt in ("jpeg", "png"):
-        try:
-            w, h = _header_size(data, fmt)
-        except ImageDecodeError as exc:
-            return _reject("not_an_image", f"the {fmt.upper()} file is damaged: {exc}", checks)
-        ok = w * h <= s.max_pixels
-        checks["pixels"] = _check(w * h, s.max_pixels, "max", ok, "format")
-        if not ok:
-            return _reject(
-                "too_large",
-                f"the image declares {w}x{h} pixels, over the {s.max_pixels:,} pixel limit",
-                checks,
-            )
+    refused = _declared_size(data, fmt, s.max_pixels, checks) if fmt != "dicom" else None
+    if refused is not None:
+        return refused
     try:
         decoded = decode(data, max_pixels=s.max_pixels)
         to_grayscale(decoded.pixels)  # shape sanity: refuses odd channel layouts
@@ -231,7 +223,7 @@ def format_check(data: bytes, settings: GateSettings | None = None) -> GateResul
         return _decode_failure(fmt, str(exc), checks, s)
     except Exception as exc:  # a broken file must never crash the service
         return _reject(
-            "not_an_image",
+            Refusal.NOT_AN_IMAGE,
             f"the {fmt.upper()} file could not be read ({type(exc).__name__})",
             checks,
         )
@@ -243,21 +235,23 @@ def format_check(data: bytes, settings: GateSettings | None = None) -> GateResul
     return GateResult(True, None, "ok", checks, decoded, meta)
 
 
-def _decode_failure(fmt: str, reason: str, checks: dict, s: GateSettings) -> GateResult:
+def _decode_failure(fmt: str, reason: str, checks: dict, s: Settings) -> GateResult:
     """Map decode()'s specific reasons onto the format codes."""
     if "pixel limit" in reason:
         checks["pixels"] = _check(None, s.max_pixels, "max", False, "format")
-        return _reject("too_large", f"the image is too large: {reason}", checks)
+        return _reject(Refusal.TOO_LARGE, f"the image is too large: {reason}", checks)
     if "transfer syntax" in reason or "unexpected pixel array shape" in reason:
         checks["decodable"] = _check(False, True, "eq", False, "format")
         supported = ", ".join(supported_transfer_syntaxes().values())
         return _reject(
-            "unsupported_format",
+            Refusal.UNSUPPORTED_FORMAT,
             f"{reason}. Supported DICOM encodings here: {supported}",
             checks,
         )
     checks["decodable"] = _check(False, True, "eq", False, "format")
-    return _reject("not_an_image", f"the {fmt.upper()} file could not be decoded: {reason}", checks)
+    return _reject(
+        Refusal.NOT_AN_IMAGE, f"the {fmt.upper()} file could not be decoded: {reason}", checks
+    )
 
 
 # ----------------------------------------------------------------------------- content layers
@@ -300,11 +294,26 @@ def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
     return msg
 
 
+def _content_checks(feats: GateFeatures, m: GateModel) -> dict[str, dict[str, Any]]:
+    """Every X-ray, chest and quality score against its fitted threshold."""
+    checks: dict[str, dict[str, Any]] = {}
+    for name, (layer, _, _) in FEATURES.items():
+        t: Threshold = m.thresholds[name]
+        v = feats.values[name]
+        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
+    cs = m.chest_scores(feats.chest_vector)
+    t = m.thresholds["chest_score"]
+    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
+    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
+    checks["chest_score"]["residual"] = _num(cs["residual"])
+    return checks
+
+
 def gate_decoded(
-    decoded: Decoded, settings: GateSettings | None = None, model: GateModel | None = None
+    decoded: Decoded, settings: Settings | None = None, model: GateModel | None = None
 ) -> GateResult:
     """Layers 2-4 on an already decoded image (the API can reuse format_check's decode)."""
-    s = GateSettings.coerce(settings)
+    s = settings or Settings()
     m = model or default_model()
     checks: dict[str, dict[str, Any]] = {}
     meta = {k: decoded.meta[k] for k in SAFE_META if k in decoded.meta}
@@ -317,31 +326,23 @@ def gate_decoded(
     except (ValueError, TypeError, cv2.error, ImageDecodeError) as exc:  # odd pixel layouts
         why = f"the image's pixels could not be analysed ({type(exc).__name__})"
         checks["analysable"] = _check(False, True, "eq", False, "format")
-        return _reject("unsupported_format", why, checks, decoded=decoded, meta=meta)
-    for name, (layer, _, _) in FEATURES.items():
-        t: Threshold = m.thresholds[name]
-        v = feats.values[name]
-        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
-    cs = m.chest_scores(feats.chest_vector)
-    t = m.thresholds["chest_score"]
-    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
-    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
-    checks["chest_score"]["residual"] = _num(cs["residual"])
+        return _reject(Refusal.UNSUPPORTED_FORMAT, why, checks, decoded=decoded, meta=meta)
+    checks |= _content_checks(feats, m)
 
     def failing(layer: str) -> list[str]:
         return [k for k, c in checks.items() if c["layer"] == layer and not c["passed"]]
 
     kw = {"decoded": decoded, "meta": meta}
     if dicom_msg:
-        return _reject("not_chest_xray", dicom_msg, checks, **kw)
+        return _reject(Refusal.NOT_CHEST_XRAY, dicom_msg, checks, **kw)
     bad = failing("xray")
     if bad:
         words = _XRAY_WORDS[bad[0]].format(v=checks[bad[0]]["value"])
-        return _reject("not_xray", words, checks, **kw)
+        return _reject(Refusal.NOT_XRAY, words, checks, **kw)
     if failing("chest"):
         c = checks["chest_score"]
         return _reject(
-            "not_chest_xray",
+            Refusal.NOT_CHEST_XRAY,
             "this does not look like a frontal chest X-ray in the usual orientation: it may "
             "be an X-ray of another body part (hand, knee, elbow...), another kind of scan "
             "(CT, MRI), a rotated or inverted image, or not a medical image "
@@ -349,17 +350,17 @@ def gate_decoded(
             checks,
             **kw,
         )
-    bad = failing("quality") if s.check_quality else []
+    bad = failing("quality") if s.gate_check_quality else []
     if bad:
         words = [
             _QUALITY_WORDS[b].format(v=checks[b]["value"], t=checks[b]["threshold"]) for b in bad
         ]
-        return _reject("low_quality", "; ".join(words), checks, **kw)
+        return _reject(Refusal.LOW_QUALITY, "; ".join(words), checks, **kw)
     return GateResult(True, None, "accepted: this looks like a usable chest X-ray", checks, **kw)
 
 
 def run_gate(
-    data: bytes, settings: GateSettings | None = None, model: GateModel | None = None
+    data: bytes, settings: Settings | None = None, model: GateModel | None = None
 ) -> GateResult:
     """All four layers on raw upload bytes. Never raises for bad input."""
     fmt = format_check(data, settings)
@@ -383,11 +384,6 @@ def default_gate_path() -> Path:
     return p if p.is_absolute() else REPO / p
 
 
-def default_data_dir() -> Path:
-    p = Path(os.environ.get("PNEUMOSCOPE_DATA_DIR", DEFAULT_DATA_DIR))
-    return p if p.is_absolute() else (REPO / p).resolve()
-
-
 def default_model(path: Path | None = None, fit_if_missing: bool = True) -> GateModel:
     """Load (once) the gate model; fit it from PNEUMOSCOPE_DATA_DIR first if there is none
     (or if the saved one was fitted by another version of the features)."""
@@ -399,7 +395,7 @@ def default_model(path: Path | None = None, fit_if_missing: bool = True) -> Gate
             except (FileNotFoundError, StaleGateError) as exc:
                 if not fit_if_missing:
                     raise
-                d = default_data_dir()
+                d = DEFAULT_DATA_DIR
                 why = "stale" if isinstance(exc, StaleGateError) else "no"
                 log.warning("%s gate model at %s: fitting it from %s (about a minute)", why, p, d)
                 fit_gate(d, p, seed=0)
@@ -412,7 +408,7 @@ def default_model(path: Path | None = None, fit_if_missing: bool = True) -> Gate
 
 def _cli_fit(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(prog="python -m service.gate fit", description=fit_gate.__doc__)
-    ap.add_argument("--data-dir", type=Path, default=default_data_dir())
+    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
     ap.add_argument("--out", type=Path, default=default_gate_path())
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--max-train", type=int, default=1200)
@@ -434,7 +430,7 @@ def _cli_check(argv: list[str]) -> int:
     ap.add_argument("files", nargs="+", type=Path)
     a = ap.parse_args(argv)
     model = default_model(a.gate)
-    settings = GateSettings.from_env()
+    settings = Settings()
     for f in a.files:
         try:
             data = f.read_bytes()

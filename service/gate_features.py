@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from study.data.preprocess import PreprocessConfig, normalise, resize, to_grayscale, window
+from study.serving import PreprocessConfig, normalise, resize, to_grayscale, window
 
 WORK_SIZE = 224  # side of the training copies (PROVENANCE.md)
 CHEST_SIZE = 32  # "eigen-lungs" resolution: global layout, not texture

@@ -41,7 +41,7 @@ from service.gate_features import (
     GateFeatures,
     compute_features,
 )
-from study.data.preprocess import decode
+from study.serving import decode
 
 FORMAT_VERSION = 2
 XRAY_MARGIN = 2.0
@@ -162,24 +162,13 @@ def _features_of(paths: list[str]) -> list[GateFeatures]:
     return [compute_features(decode(Path(p).read_bytes()).pixels) for p in paths]
 
 
-def fit_gate(
-    data_dir: str | os.PathLike[str],
-    out_path: str | os.PathLike[str] | None = None,
-    seed: int = 0,
-    max_train: int = 1200,
-    max_val: int = 700,
-    target_acceptance: float = 0.99,
-) -> GateModel:
-    """Learn thresholds from training X-rays and calibrate the chest detector on val.
+def _sample_paths(
+    data_dir: Path, seed: int, max_train: int, max_val: int
+) -> tuple[list[str], list[str]]:
+    """Seeded subsamples of the patient-grouped train and val splits (no shared patient)."""
+    from study.serving import make_splits, scan  # scikit-learn: loaded only when fitting
 
-    Uses the project's patient-grouped splits (study.data.records.make_splits), so the
-    validation images that set the chest threshold share no patient with the
-    images the PCA was fitted on. Subsamples (seeded) to stay well under a minute.
-    """
-    from study.data.records import make_splits, scan
-
-    t0 = time.time()
-    plan = make_splits(scan(Path(data_dir)), seed=42)
+    plan = make_splits(scan(data_dir), seed=42)
     rng = np.random.default_rng(seed)
 
     def pick(split: str, n: int) -> list[str]:
@@ -190,69 +179,101 @@ def fit_gate(
     train_paths, val_paths = pick("train", max_train), pick("val", max_val)
     if len(train_paths) < 20 or len(val_paths) < 10:
         raise ValueError(f"too few images to fit the gate ({len(train_paths)} train)")
-    train, val = _features_of(train_paths), _features_of(val_paths)
+    return train_paths, val_paths
 
-    thresholds: dict[str, Threshold] = {}
-    for name, (layer, kind, log) in FEATURES.items():
-        vals = np.array([f.values[name] for f in train])
-        margin = XRAY_MARGIN if layer == "xray" else QUALITY_MARGIN
-        if name == "min_side":
-            thr = float(vals.min())
-            how = "smallest side of any training image (the model never saw less detail)"
-        else:
-            thr = _feature_threshold(vals, kind, log, margin)
-            pct = "99.5th" if kind == "max" else "0.5th"
-            how = f"train {pct} percentile widened by {margin:g}x its distance from the median" + (
-                " (log scale)" if log else ""
-            )
-            if name == "colour_fraction" and thr < COLOUR_FLOOR:
-                thr, how = COLOUR_FLOOR, how + f"; floor {COLOUR_FLOOR:g} for coloured annotations"
-            if name == "clipped_white" and thr < CLIPPED_WHITE_FLOOR:
-                thr = CLIPPED_WHITE_FLOOR
-                how += f"; floor {CLIPPED_WHITE_FLOOR:g}: a label or marker is not over-exposure"
-        thresholds[name] = Threshold(thr, kind, layer, how)
 
-    # Eigen-lungs: PCA by SVD of the centred training thumbnails.
+def _feature_rule(name: str, values: np.ndarray) -> Threshold:
+    """One feature's threshold from the training values, and how it was derived."""
+    layer, kind, log = FEATURES[name]
+    if name == "min_side":
+        how = "smallest side of any training image (the model never saw less detail)"
+        return Threshold(float(values.min()), kind, layer, how)
+    margin = XRAY_MARGIN if layer == "xray" else QUALITY_MARGIN
+    thr = _feature_threshold(values, kind, log, margin)
+    pct = "99.5th" if kind == "max" else "0.5th"
+    how = f"train {pct} percentile widened by {margin:g}x its distance from the median"
+    how += " (log scale)" if log else ""
+    if name == "colour_fraction" and thr < COLOUR_FLOOR:
+        thr, how = COLOUR_FLOOR, how + f"; floor {COLOUR_FLOOR:g} for coloured annotations"
+    if name == "clipped_white" and thr < CLIPPED_WHITE_FLOOR:
+        thr = CLIPPED_WHITE_FLOOR
+        how += f"; floor {CLIPPED_WHITE_FLOOR:g}: a label or marker is not over-exposure"
+    return Threshold(thr, kind, layer, how)
+
+
+def _eigen_lungs(train: list[GateFeatures], thresholds: dict[str, Threshold]) -> GateModel:
+    """PCA by SVD of the centred training thumbnails; keeps VARIANCE_KEPT of the variance."""
     x = np.stack([f.chest_vector for f in train]).astype(np.float64)
     mean = x.mean(axis=0)
     _, s, vt = np.linalg.svd(x - mean, full_matrices=False)
     lam = s**2 / (len(x) - 1)
     ratio = np.cumsum(lam) / lam.sum()
     k = int(min(np.searchsorted(ratio, VARIANCE_KEPT) + 1, MAX_COMPONENTS, len(lam) - 1))
-    rho = float(lam[k:].mean())
-    model = GateModel(thresholds, mean, vt[:k], lam[:k], rho)
+    return GateModel(thresholds, mean, vt[:k], lam[:k], float(lam[k:].mean()))
 
+
+def _calibrate_chest(model: GateModel, val: list[GateFeatures], target: float) -> None:
+    """The chest-score threshold: the validation quantile that accepts ``target`` of them."""
     val_scores = np.array([model.chest_scores(f.chest_vector)["score"] for f in val])
-    chest_thr = float(np.quantile(val_scores, target_acceptance))
-    thresholds["chest_score"] = Threshold(
-        chest_thr,
+    model.thresholds["chest_score"] = Threshold(
+        float(np.quantile(val_scores, target)),
         "max",
         "chest",
-        f"validation {target_acceptance:.1%} quantile of the eigen-lung score "
-        f"(PCA, {k} components, {VARIANCE_KEPT:.0%} variance)",
+        f"validation {target:.1%} quantile of the eigen-lung score "
+        f"(PCA, {len(model.components)} components, {VARIANCE_KEPT:.0%} variance)",
     )
 
+
+def _val_acceptance(model: GateModel, val: list[GateFeatures]) -> dict[str, Any]:
+    """Share of validation X-rays that pass all checks, and each check alone."""
+    t = model.thresholds
+
     def accepted(f: GateFeatures) -> dict[str, bool]:
-        out = {name: thresholds[name].passes(f.values[name]) for name in FEATURES}
-        out["chest_score"] = thresholds["chest_score"].passes(
-            model.chest_scores(f.chest_vector)["score"]
-        )
+        out = {name: t[name].passes(f.values[name]) for name in FEATURES}
+        out["chest_score"] = t["chest_score"].passes(model.chest_scores(f.chest_vector)["score"])
         return out
 
     val_pass = [accepted(f) for f in val]
+    return {
+        "val_acceptance_all_checks": float(np.mean([all(v.values()) for v in val_pass])),
+        "val_acceptance_per_check": {
+            name: float(np.mean([v[name] for v in val_pass])) for name in t
+        },
+    }
+
+
+def fit_gate(
+    data_dir: str | os.PathLike[str],
+    out_path: str | os.PathLike[str] | None = None,
+    seed: int = 0,
+    max_train: int = 1200,
+    max_val: int = 700,
+    target_acceptance: float = 0.99,
+) -> GateModel:
+    """Learn thresholds from training X-rays and calibrate the chest detector on val.
+
+    Uses the project's patient-grouped splits (the study's make_splits), so the
+    validation images that set the chest threshold share no patient with the
+    images the PCA was fitted on. Subsamples (seeded) to stay well under a minute.
+    """
+    t0 = time.time()
+    train_paths, val_paths = _sample_paths(Path(data_dir), seed, max_train, max_val)
+    train, val = _features_of(train_paths), _features_of(val_paths)
+    thresholds = {
+        name: _feature_rule(name, np.array([f.values[name] for f in train])) for name in FEATURES
+    }
+    model = _eigen_lungs(train, thresholds)
+    _calibrate_chest(model, val, target_acceptance)
     model.info = {
         "data_dir_name": Path(data_dir).name,
         "seed": seed,
         "n_train": len(train_paths),
         "n_val": len(val_paths),
-        "components": k,
+        "components": len(model.components),
         "work_size": WORK_SIZE,
         "chest_preprocess": CHEST_CFG.to_dict(),
         "target_acceptance": target_acceptance,
-        "val_acceptance_all_checks": float(np.mean([all(v.values()) for v in val_pass])),
-        "val_acceptance_per_check": {
-            name: float(np.mean([v[name] for v in val_pass])) for name in thresholds
-        },
+        **_val_acceptance(model, val),
         "fit_seconds": round(time.time() - t0, 1),
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }

@@ -1,9 +1,9 @@
 """The model inside a worker process: loaded once, warmed up, then prediction + Grad-CAM per job.
 
 Preprocessing is never reimplemented here: the model input comes from
-``Winner.prepare`` (study.data.preprocess with the winner's own config). The
-heatmap overlay is drawn on the decoded X-ray (grey, windowed, at most
-``OVERLAY_SIDE`` px) so a reviewer sees it at a useful size.
+``Winner.prepare`` (the study's preprocessing with the winner's own config). The
+heatmap overlay is drawn on the decoded X-ray (``grey_preview``: grey, windowed,
+at most ``OVERLAY_SIDE`` px) so a reviewer sees it at a useful size.
 """
 
 from __future__ import annotations
@@ -13,27 +13,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
-from study.data.preprocess import to_grayscale, window
-from study.select.model_io import Winner, load_winner
+from study.serving import Winner, gradcam, grey_preview, heatmap_png, load_winner
 
 OVERLAY_SIDE = 512
 
 
 class ModelNotFound(RuntimeError):
     """No MODEL_PATH and no results/*/winner: the worker cannot start."""
-
-
-def _gradcam_module() -> Any:
-    try:
-        from study.report import gradcam
-    except ImportError as exc:  # the Grad-CAM module is another developer's; say so clearly
-        raise RuntimeError(
-            "study/report/gradcam.py is missing: heatmaps need gradcam() and heatmap_png()"
-        ) from exc
-    return gradcam
 
 
 @dataclass
@@ -51,7 +39,6 @@ class ModelRuntime:
 
     def __init__(self, model_path: Path) -> None:
         self.winner: Winner = load_winner(model_path)
-        self.gradcam = _gradcam_module()
         self.keras = self.winner.keras_model()
 
     @classmethod
@@ -74,7 +61,7 @@ class ModelRuntime:
         s = self.winner.preprocess.image_size
         x = np.zeros((1, s, s, 1), np.float32)
         self.winner.predict_batch(x)
-        self.gradcam.gradcam(self.keras, x)
+        gradcam(self.keras, x)
 
     def predict_only(self, data: bytes) -> float:
         """Probability alone (the benchmark's model-only latency)."""
@@ -82,14 +69,14 @@ class ModelRuntime:
 
     def run(self, data: bytes, pixels: np.ndarray | None) -> Outcome:
         t0 = time.perf_counter()
-        # The gate already decoded the bytes: reuse its pixels (same study.data.preprocess path).
+        # The gate already decoded the bytes: reuse its pixels (same preprocessing path).
         x = (self.winner.prepare(data) if pixels is None else self.winner.prepare_pixels(pixels))[
             None
         ]
         prob = float(self.winner.predict_batch(x)[0])
         t1 = time.perf_counter()
-        cam = self.gradcam.gradcam(self.keras, x)[0]
-        png = self.gradcam.heatmap_png(_overlay_base(pixels, x[0, ..., 0]), cam)
+        cam = gradcam(self.keras, x)[0]
+        png = heatmap_png(_overlay_base(pixels, x[0, ..., 0]), cam)
         t2 = time.perf_counter()
         return Outcome(
             probability=prob,
@@ -103,13 +90,5 @@ class ModelRuntime:
 
 def _overlay_base(pixels: np.ndarray | None, model_input: np.ndarray) -> np.ndarray:
     """The decoded X-ray in grey (windowed to 8 bits), shrunk to at most OVERLAY_SIDE px."""
-    if pixels is None:
-        return model_input
-    gray = window(to_grayscale(pixels))
-    h, w = gray.shape[:2]
-    f = OVERLAY_SIDE / max(h, w)
-    if f < 1.0:
-        gray = cv2.resize(
-            gray, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA
-        )
-    return gray
+    gray = None if pixels is None else grey_preview(pixels, max_side=OVERLAY_SIDE)
+    return model_input if gray is None else gray

@@ -16,7 +16,7 @@ from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
 from service.db import Database
-from service.models import Prediction, Upload
+from service.models import JobStatus, Prediction, Upload
 from service.storage import Storage
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
@@ -50,7 +50,7 @@ def create_job(
                     )
                     s.add(upload)
                     s.flush()
-                pred = Prediction(upload_id=upload.id, status="queued")
+                pred = Prediction(upload_id=upload.id, status=JobStatus.QUEUED)
                 s.add(pred)
                 s.flush()
                 return upload.id, pred.id
@@ -64,5 +64,7 @@ def withdraw(db: Database, prediction_id: str) -> None:
     """The broker refused the job: remove the queued prediction so no half-accepted job remains."""
     with db.session() as s:
         s.execute(
-            delete(Prediction).where(Prediction.id == prediction_id, Prediction.status == "queued")
+            delete(Prediction).where(
+                Prediction.id == prediction_id, Prediction.status == JobStatus.QUEUED
+            )
         )

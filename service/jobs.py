@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select, update
 
 from service.db import Database
-from service.models import Prediction, Upload, WorkerBeat, utcnow
+from service.models import JobStatus, Prediction, Upload, WorkerBeat, utcnow
 
 # Only these gate/DICOM fields ever reach the uploads table (no patient identifiers).
 SAFE_META = {
@@ -51,12 +51,12 @@ def claim(db: Database, prediction_id: str, lease_seconds: float) -> Claimed | N
             .where(
                 Prediction.id == prediction_id,
                 or_(
-                    Prediction.status == "queued",
-                    and_(Prediction.status == "running", Prediction.lease_until < now),
+                    Prediction.status == JobStatus.QUEUED,
+                    and_(Prediction.status == JobStatus.RUNNING, Prediction.lease_until < now),
                 ),
             )
             .values(
-                status="running",
+                status=JobStatus.RUNNING,
                 attempts=Prediction.attempts + 1,
                 started_at=now,
                 lease_until=now + timedelta(seconds=lease_seconds),
@@ -76,7 +76,7 @@ def renew(db: Database, prediction_id: str, lease_seconds: float) -> None:
     with db.session() as s:
         s.execute(
             update(Prediction)
-            .where(Prediction.id == prediction_id, Prediction.status == "running")
+            .where(Prediction.id == prediction_id, Prediction.status == JobStatus.RUNNING)
             .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
         )
 
@@ -87,22 +87,24 @@ def _finish(db: Database, prediction_id: str, **values: Any) -> bool:
     with db.session() as s:
         res = s.execute(
             update(Prediction)
-            .where(Prediction.id == prediction_id, Prediction.status == "running")
+            .where(Prediction.id == prediction_id, Prediction.status == JobStatus.RUNNING)
             .values(finished_at=now, lease_until=None, **values)
         )
         return res.rowcount == 1
 
 
 def finish_done(db: Database, prediction_id: str, **values: Any) -> bool:
-    return _finish(db, prediction_id, status="done", **values)
+    return _finish(db, prediction_id, status=JobStatus.DONE, **values)
 
 
 def finish_rejected(db: Database, prediction_id: str, rejection: dict[str, Any], **v: Any) -> bool:
-    return _finish(db, prediction_id, status="rejected", rejection=json_safe(rejection), **v)
+    return _finish(
+        db, prediction_id, status=JobStatus.REJECTED, rejection=json_safe(rejection), **v
+    )
 
 
 def finish_failed(db: Database, prediction_id: str, error: str) -> bool:
-    return _finish(db, prediction_id, status="failed", error=error[:1000])
+    return _finish(db, prediction_id, status=JobStatus.FAILED, error=error[:1000])
 
 
 def store_upload_meta(db: Database, upload_id: str, meta: dict[str, Any]) -> None:
@@ -126,10 +128,10 @@ def stale_jobs(db: Database, requeue_after: float, now: datetime | None = None) 
         rows = s.execute(
             select(Prediction.id).where(
                 or_(
-                    and_(Prediction.status == "running", Prediction.lease_until < now),
-                    and_(Prediction.status == "queued", Prediction.enqueued_at < old),
+                    and_(Prediction.status == JobStatus.RUNNING, Prediction.lease_until < now),
+                    and_(Prediction.status == JobStatus.QUEUED, Prediction.enqueued_at < old),
                     and_(
-                        Prediction.status == "queued",
+                        Prediction.status == JobStatus.QUEUED,
                         Prediction.enqueued_at.is_(None),
                         Prediction.created_at < old,
                     ),
@@ -146,12 +148,12 @@ def fail_exhausted(db: Database, max_attempts: int) -> int:
         res = s.execute(
             update(Prediction)
             .where(
-                Prediction.status == "running",
+                Prediction.status == JobStatus.RUNNING,
                 Prediction.lease_until < now,
                 Prediction.attempts >= max_attempts,
             )
             .values(
-                status="failed",
+                status=JobStatus.FAILED,
                 finished_at=now,
                 lease_until=None,
                 error="the worker stopped while processing this job, too many times",

@@ -15,7 +15,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.db import Database
-from service.models import Prediction
+from service.models import JobStatus, Prediction
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -44,7 +44,7 @@ class JobCollector:
         preds = GaugeMetricFamily(
             "pneumoscope_predictions", "Predictions by status and label", labels=["status", "label"]
         )
-        depth = {"queued": 0, "running": 0}
+        depth = {JobStatus.QUEUED: 0, JobStatus.RUNNING: 0}
         for status, label, n in by:
             preds.add_metric([status, label or ""], n)
             if status in depth:

@@ -8,12 +8,23 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, TypeDecorator
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-STATUSES = ("queued", "running", "done", "rejected", "failed")
+
+class JobStatus(StrEnum):
+    """A prediction job's state: queued -> running -> done | rejected | failed (as stored)."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    REJECTED = "rejected"
+    FAILED = "failed"
+
+
 LABELS = ("NORMAL", "PNEUMONIA")
 
 
@@ -80,7 +91,9 @@ class Prediction(Base):
     upload_id: Mapped[str] = mapped_column(
         String(32), ForeignKey("uploads.id"), nullable=False, index=True
     )
-    status: Mapped[str] = mapped_column(String(16), nullable=False, default="queued", index=True)
+    status: Mapped[str] = mapped_column(
+        String(16), nullable=False, default=JobStatus.QUEUED, index=True
+    )
     label: Mapped[str | None] = mapped_column(String(16))
     probability: Mapped[float | None] = mapped_column(Float)
     threshold: Mapped[float | None] = mapped_column(Float)

@@ -7,15 +7,14 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from service.models import Prediction, Upload
+from service.models import JobStatus, Prediction, Upload
 
-Status = Literal["queued", "running", "done", "rejected", "failed"]
 LabelName = Literal["NORMAL", "PNEUMONIA"]
 
 
 class Accepted(BaseModel):
     id: str
-    status: Status
+    status: JobStatus
     status_url: str
     upload_id: str
 
@@ -41,7 +40,7 @@ class Rejection(BaseModel):
 
 class PredictionOut(BaseModel):
     id: str
-    status: Status
+    status: JobStatus
     created_at: datetime
     finished_at: datetime | None
     upload_id: str
@@ -98,7 +97,7 @@ def status_url(prediction_id: str) -> str:
 
 def prediction_out(p: Prediction) -> PredictionOut:
     result = None
-    if p.status == "done" and p.label is not None and p.probability is not None:
+    if p.status == JobStatus.DONE and p.label is not None and p.probability is not None:
         result = Result(
             label=p.label,
             probability_pneumonia=p.probability,
@@ -107,20 +106,20 @@ def prediction_out(p: Prediction) -> PredictionOut:
             heatmap_url=f"{status_url(p.id)}/heatmap.png" if p.heatmap_key else None,
         )
     rejection = None
-    if p.status == "rejected" and p.rejection is not None:
+    if p.status == JobStatus.REJECTED and p.rejection is not None:
         rj = p.rejection
         rejection = Rejection(
             code=rj.get("code"), message=str(rj.get("message", "")), checks=rj.get("checks") or {}
         )
     return PredictionOut(
         id=p.id,
-        status=p.status,  # type: ignore[arg-type]
+        status=JobStatus(p.status),
         created_at=p.created_at,
         finished_at=p.finished_at,
         upload_id=p.upload_id,
         result=result,
         rejection=rejection,
-        error=p.error if p.status == "failed" else None,
+        error=p.error if p.status == JobStatus.FAILED else None,
     )
 
 

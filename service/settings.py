@@ -14,6 +14,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from study.serving import MAX_PIXELS, newest_winner
+
 REPO = Path(__file__).resolve().parents[1]
 
 
@@ -64,11 +66,21 @@ class Settings(BaseSettings):
     )
     max_upload_bytes: int = Field(
         default=30 * 1024 * 1024,
-        description="MAX_UPLOAD_BYTES: larger uploads get 413 before any decoding.",
+        description=(
+            "MAX_UPLOAD_BYTES: the one byte limit: larger uploads get 413 before any decoding, "
+            "and the gate refuses them as too_large."
+        ),
     )
     max_pixels: int = Field(
-        default=50_000_000,
-        description="MAX_PIXELS: larger declared width*height is refused (decompression bombs).",
+        default=MAX_PIXELS,
+        description=(
+            "MAX_PIXELS: larger declared width*height is refused (decompression bombs); "
+            "default the study decoder's own limit."
+        ),
+    )
+    gate_check_quality: bool = Field(
+        default=True,
+        description="GATE_CHECK_QUALITY: false skips the gate's quality layer (blur, exposure).",
     )
     cors_origins: str = Field(
         default="",
@@ -134,8 +146,6 @@ class Settings(BaseSettings):
         """MODEL_PATH, else the newest results/*/winner (None when there is none)."""
         if self.model_path is not None:
             return self.model_path
-        from study.select.model_io import newest_winner
-
         return newest_winner(self.results_dir)
 
     def ensure_dirs(self) -> None:

@@ -3,14 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import os
+import subprocess
 import sys
 from pathlib import Path
 
 from study.config import add_setting, config_from_args, study_parser
-from study.paths import DEFAULT_RESULTS_DIR
+from study.paths import DEFAULT_RESULTS_DIR, REPO
+
+
+def _export_feedback(argv: list[str]) -> int:
+    """Alias of ``python -m service export-feedback``, run in a subprocess.
+
+    The feedback export belongs to the service (its database and storage); a
+    subprocess keeps the study from importing the service.
+    """
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    cmd = [sys.executable, "-m", "service", "export-feedback", *argv]
+    return subprocess.run(cmd, env=os.environ | {"PYTHONPATH": path}, check=False).returncode
 
 
 def _data_command(argv: list[str]) -> int:
+    if argv[:1] == ["export-feedback"]:
+        return _export_feedback(argv[1:])
     p = argparse.ArgumentParser(prog="run_study.py data")
     sub = p.add_subparsers(dest="cmd", required=True)
     d = sub.add_parser("download", help="fetch the Kaggle dataset into data/chest_xray")
@@ -19,10 +34,10 @@ def _data_command(argv: list[str]) -> int:
     add_setting(a, "data_dir")
     a.add_argument("--out", type=Path, default=DEFAULT_RESULTS_DIR / "audit")
     a.add_argument("--workers", type=int, default=2)
-    f = sub.add_parser("export-feedback", help="reviewed uploads -> Kaggle layout")
-    f.add_argument("--database-url", required=True)
-    f.add_argument("--storage-dir", type=Path, default=None)
-    f.add_argument("--out", type=Path, default=Path("data/feedback"))
+    sub.add_parser(
+        "export-feedback",
+        help="reviewed uploads -> Kaggle layout (alias of 'python -m service export-feedback')",
+    )
     args = p.parse_args(argv)
     if args.cmd == "download":
         from study.data.download import DownloadError, download
@@ -33,14 +48,9 @@ def _data_command(argv: list[str]) -> int:
             print(f"error: {exc}", file=sys.stderr)
             return 2
         return 0
-    if args.cmd == "audit":
-        from study.data.audit_cli import run_audit
+    from study.data.audit_cli import run_audit
 
-        return run_audit(args.data_dir, args.out, args.workers)
-    from service.feedback import main as export_main
-
-    extra = ["--storage-dir", str(args.storage_dir)] if args.storage_dir else []
-    return export_main(["--database-url", args.database_url, "--out", str(args.out), *extra])
+    return run_audit(args.data_dir, args.out, args.workers)
 
 
 def _report_command(argv: list[str]) -> int:

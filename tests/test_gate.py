@@ -23,13 +23,13 @@ import pytest
 
 from service.gate import (
     GateResult,
-    GateSettings,
     format_check,
     gate_decoded,
     run_gate,
     supported_transfer_syntaxes,
 )
 from service.gate_model import GateModel, fit_gate, load_gate
+from service.settings import Settings
 from study.data.preprocess import Decoded, decode
 
 REPO = Path(__file__).resolve().parents[1]
@@ -49,7 +49,7 @@ def gate(gate_path: Path) -> GateModel:
     return load_gate(gate_path)
 
 
-def _run(path: Path, gate: GateModel, settings: GateSettings | None = None) -> GateResult:
+def _run(path: Path, gate: GateModel, settings: Settings | None = None) -> GateResult:
     return run_gate(path.read_bytes(), settings, gate)
 
 
@@ -118,16 +118,16 @@ def test_png_bomb_header_too_large() -> None:
 
 def test_byte_limit_too_large(samples_dir: Path) -> None:
     data = (samples_dir / "natural" / "camera.png").read_bytes()
-    r = format_check(data, GateSettings(max_bytes=1000))
+    r = format_check(data, Settings(max_upload_bytes=1000))
     assert r.code == "too_large" and r.checks["bytes"]["threshold"] == 1000
-    # The service's own Settings object works too (duck-typed).
+    # Any object with the Settings limits works too (duck-typed).
     r = format_check(data, SimpleNamespace(max_upload_bytes=1000, max_pixels=10**7))
     assert r.code == "too_large"
 
 
 def test_dicom_pixel_limit_too_large(samples_dir: Path) -> None:
     data = (samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm").read_bytes()
-    assert format_check(data, GateSettings(max_pixels=1000)).code == "too_large"
+    assert format_check(data, Settings(max_pixels=1000)).code == "too_large"
 
 
 def test_undecodable_transfer_syntax_unsupported_format(samples_dir: Path) -> None:
@@ -270,7 +270,7 @@ def test_tiny_image_low_quality(samples_dir: Path, gate: GateModel) -> None:
 
 def test_quality_can_be_switched_off(samples_dir: Path, gate: GateModel) -> None:
     img = cv2.resize(_val_image(samples_dir), (150, 120), interpolation=cv2.INTER_AREA)
-    assert run_gate(_png(img), GateSettings(check_quality=False), gate).accepted
+    assert run_gate(_png(img), Settings(gate_check_quality=False), gate).accepted
 
 
 # ------------------------------------------------------------------ CLI

@@ -145,3 +145,22 @@ def test_exif_orientation_is_applied_like_pillow(orientation: int, fmt: str) -> 
     got = pp.to_grayscale(decoded.pixels)
     assert got.shape == expected.shape
     assert np.abs(got.astype(int) - expected.astype(int)).mean() <= (0 if fmt == "PNG" else 3)
+
+
+def test_grey_preview_one_picture_for_people(samples_dir: Path) -> None:
+    """Bytes or decoded pixels give the same windowed grey picture; sizes as asked; None if bad."""
+    from study.data.preview import grey_preview
+
+    data = (samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm").read_bytes()
+    full = grey_preview(data)
+    assert full is not None and full.dtype == np.uint8 and full.ndim == 2
+    assert np.array_equal(full, grey_preview(pp.decode(data).pixels))
+    assert full.min() == 0 and full.max() == 255  # windowed to the full 8-bit range
+    h, w = full.shape
+    small = grey_preview(data, max_side=100)
+    assert small is not None and max(small.shape) == 100
+    assert abs(small.shape[0] / small.shape[1] - h / w) < 0.02  # aspect kept
+    assert grey_preview(data, max_side=10 * max(h, w)).shape == (h, w)  # never enlarged
+    assert grey_preview(data, width=50).shape[1] == 50
+    assert grey_preview(b"not an image") is None
+    assert grey_preview(data, max_pixels=1000) is None  # the pixel limit holds here too

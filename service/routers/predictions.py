@@ -11,11 +11,11 @@ from service import intake
 from service.context import Ctx, get_or_404
 from service.errors import ApiError
 from service.gate import format_check
-from service.models import Prediction
+from service.models import JobStatus, Prediction
 from service.queue import BrokerUnavailable
 from service.schemas import Accepted, PredictionOut, prediction_out, status_url
 from service.storage import StorageKeyError
-from study.data.preprocess import sniff_format
+from study.serving import sniff_format
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 CHUNK = 1 << 20
@@ -67,9 +67,9 @@ def create_prediction(
     from service.jobs import mark_enqueued
 
     mark_enqueued(ctx.db, pred_id)
-    metrics.uploads.labels("queued").inc()
+    metrics.uploads.labels(JobStatus.QUEUED).inc()
     body = Accepted(
-        id=pred_id, status="queued", status_url=status_url(pred_id), upload_id=upload_id
+        id=pred_id, status=JobStatus.QUEUED, status_url=status_url(pred_id), upload_id=upload_id
     )
     return JSONResponse(body.model_dump(), status_code=202, headers={"Location": body.status_url})
 
@@ -82,7 +82,7 @@ def get_prediction(ctx: Ctx, prediction_id: str) -> PredictionOut:
 @router.get("/{prediction_id}/heatmap.png", response_class=Response)
 def get_heatmap(ctx: Ctx, prediction_id: str) -> Response:
     p = _load(ctx, prediction_id)
-    if p.status != "done" or not p.heatmap_key:
+    if p.status != JobStatus.DONE or not p.heatmap_key:
         raise ApiError(404, "not_found", f"no heatmap for this prediction (status: {p.status})")
     try:
         png = ctx.storage.get(p.heatmap_key)

@@ -20,7 +20,7 @@ def looks_like_raw_dicom(data: bytes) -> bool:
     return len(data) > 8 and data[:2] == b"\x08\x00" and data[3:4] == b"\x00"
 
 
-def decode_dicom(data: bytes, max_pixels: int = 60_000_000) -> tuple[np.ndarray, dict[str, Any]]:
+def decode_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Pixels with modality LUT and VOI LUT/windowing applied, MONOCHROME1 inverted."""
     import pydicom
     from pydicom.errors import InvalidDicomError

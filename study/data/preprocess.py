@@ -41,6 +41,9 @@ import cv2
 import numpy as np
 
 SCALE = np.float32(1.0 / 255.0)
+# Largest declared width*height decoded anywhere (study and service): decompression bombs
+# are refused from the header, before any pixel buffer is allocated.
+MAX_PIXELS = 60_000_000
 ResizeMode = Literal["stretch", "pad", "crop"]
 NormaliseMode = Literal["clahe", "equalize", "none"]
 RESIZE_MODES: tuple[str, ...] = get_args(ResizeMode)
@@ -115,7 +118,7 @@ def sniff_format(data: bytes) -> str | None:
     return None
 
 
-def decode(data: bytes, max_pixels: int = 60_000_000) -> Decoded:
+def decode(data: bytes, max_pixels: int = MAX_PIXELS) -> Decoded:
     """Step 1: bytes -> pixels. Raises ImageDecodeError with a specific reason."""
     fmt = sniff_format(data)
     if fmt is None:
@@ -125,7 +128,7 @@ def decode(data: bytes, max_pixels: int = 60_000_000) -> Decoded:
 
         pixels, meta = decode_dicom(data, max_pixels=max_pixels)
         return Decoded(pixels, fmt, meta)
-    width, height = _header_size(data, fmt)
+    width, height = header_size(data, fmt)
     if width * height > max_pixels:
         raise ImageDecodeError(f"image is {width}x{height}, over the {max_pixels} pixel limit")
     arr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
@@ -163,7 +166,7 @@ def apply_orientation(pixels: np.ndarray, orientation: int) -> np.ndarray:
     return np.ascontiguousarray(op(pixels)) if op else pixels
 
 
-def _header_size(data: bytes, fmt: str) -> tuple[int, int]:
+def header_size(data: bytes, fmt: str) -> tuple[int, int]:
     """Read declared dimensions before decoding, so decompression bombs are refused cheaply."""
     if fmt == "png":
         if len(data) < 24:

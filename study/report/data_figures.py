@@ -19,7 +19,8 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from study.data.audit import AuditReport
-from study.data.preprocess import ImageDecodeError, PreprocessConfig, decode, steps, to_grayscale
+from study.data.preprocess import PreprocessConfig, steps
+from study.data.preview import grey_preview
 from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
 
 COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
@@ -36,11 +37,12 @@ def _save(fig: Figure, out: Path) -> Path:
 
 
 def _gray_for_display(path: str) -> np.ndarray | None:
-    """Decoded grayscale (any bit depth) or None when the file cannot be read."""
+    """The X-ray as the reviewer page shows it (grey, windowed), or None when unreadable."""
     try:
-        return to_grayscale(decode(Path(path).read_bytes()).pixels)
-    except (OSError, ImageDecodeError, ValueError):
+        data = Path(path).read_bytes()
+    except OSError:
         return None
+    return grey_preview(data)
 
 
 def sample_grid(records: Sequence[ImageRecord], out: Path) -> Path:

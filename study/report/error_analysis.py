@@ -31,7 +31,8 @@ import cv2
 import numpy as np
 from scipy import stats as sps
 
-from study.data.preprocess import PreprocessConfig, decode, load_for_model, to_grayscale, window
+from study.data.preprocess import PreprocessConfig, load_for_model
+from study.data.preview import grey_preview
 from study.data.records import ImageRecord
 from study.select import stats
 from study.select.stats import fmt_p
@@ -252,12 +253,10 @@ def feature_effects(
 def display_image(path: str) -> np.ndarray | None:
     """The original X-ray for the eye (windowed to 8 bits, aspect kept); None if unreadable."""
     try:
-        g = window(to_grayscale(decode(Path(path).read_bytes()).pixels))
-    except (OSError, ValueError):
+        data = Path(path).read_bytes()
+    except OSError:
         return None
-    h, w = g.shape
-    size = (THUMB_WIDTH, max(1, round(h * THUMB_WIDTH / w)))
-    return cv2.resize(g, size, interpolation=cv2.INTER_AREA)
+    return grey_preview(data, width=THUMB_WIDTH)
 
 
 def model_inputs(paths: Sequence[str], cfg: PreprocessConfig) -> tuple[np.ndarray, list[int]]:

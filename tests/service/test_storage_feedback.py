@@ -7,7 +7,8 @@ from pathlib import Path
 import cv2
 import pytest
 
-from service.feedback import export_feedback, main
+from service.__main__ import main as service_main
+from service.feedback import export_feedback
 from service.intake import create_job
 from service.storage import LocalStorage, Storage, StorageKeyError
 from study.data.preprocess import decode
@@ -56,8 +57,8 @@ def test_export_feedback_kaggle_layout(tmp_path: Path, samples_dir: Path, full_r
         assert cv2.imread(str(dpng), cv2.IMREAD_UNCHANGED) is not None  # the DICOM became a PNG
         # a re-review moves the file; re-running is idempotent
         c.put(f"/v1/uploads/{ids['jpeg']}/label", json={"label": "NORMAL"}, headers=key)
-    assert main(["--database-url", s.db_url, "--storage-dir", str(s.storage_root),
-                 "--out", str(out)]) == 0  # fmt: skip
+    assert service_main(["export-feedback", "--database-url", s.db_url,
+                         "--storage-dir", str(s.storage_root), "--out", str(out)]) == 0  # fmt: skip
     assert len(list((out / "train" / "NORMAL").glob("*.png"))) == 2
     assert not list((out / "train" / "PNEUMONIA").glob("*.png"))
     db.dispose()

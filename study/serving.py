@@ -1,0 +1,81 @@
+"""The one door from the service into the study: everything ``service/`` may use.
+
+``service/`` imports this module and no other study module
+(tests/test_architecture.py checks it), so the study's stages can be
+rearranged without touching the service, and what serving relies on is
+listed here, each name re-exported from the stage that owns it:
+
+* the winner (:mod:`study.select.model_io`): :func:`load_winner`,
+  :class:`Winner`, :func:`newest_winner`.
+* decoding (:mod:`study.data.preprocess`): :func:`decode`, :func:`sniff_format`,
+  :func:`header_size` (declared size, read before decoding), :class:`Decoded`,
+  :class:`ImageDecodeError` and :data:`MAX_PIXELS`, the project's one pixel limit.
+* preprocessing steps, for the input gate's features: :func:`to_grayscale`,
+  :func:`window`, :func:`normalise`, :func:`resize`, :class:`PreprocessConfig`.
+* pictures: :func:`grey_preview` (:mod:`study.data.preview`, the one grey
+  preview) and Grad-CAM (:mod:`study.report.gradcam`): :func:`gradcam`,
+  :func:`heatmap_png`.
+* the data set, to fit the gate: :data:`DEFAULT_DATA_DIR` (:mod:`study.paths`),
+  :func:`scan` and :func:`make_splits` (:mod:`study.data.records`). These two
+  load on first use: scikit-learn costs seconds, and the API never needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from study.data.preprocess import (
+    MAX_PIXELS,
+    Decoded,
+    ImageDecodeError,
+    PreprocessConfig,
+    decode,
+    header_size,
+    normalise,
+    resize,
+    sniff_format,
+    to_grayscale,
+    window,
+)
+from study.data.preview import grey_preview
+from study.paths import DEFAULT_DATA_DIR
+from study.report.gradcam import gradcam, heatmap_png
+from study.select.model_io import Winner, load_winner, newest_winner
+
+if TYPE_CHECKING:
+    from study.data.records import make_splits, scan
+
+__all__ = [
+    "DEFAULT_DATA_DIR",
+    "MAX_PIXELS",
+    "Decoded",
+    "ImageDecodeError",
+    "PreprocessConfig",
+    "Winner",
+    "decode",
+    "gradcam",
+    "grey_preview",
+    "header_size",
+    "heatmap_png",
+    "load_winner",
+    "make_splits",
+    "newest_winner",
+    "normalise",
+    "resize",
+    "scan",
+    "sniff_format",
+    "to_grayscale",
+    "window",
+]
+
+_LAZY = {"scan": "study.data.records", "make_splits": "study.data.records"}
+
+
+def __getattr__(name: str) -> Any:
+    """Load the heavy names (see the module doc) when first asked for."""
+    if name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
