@@ -1,1 +1,1 @@
-"""Data stage: records and patient splits, audit, download, DICOM, the one preprocessing module, cache."""
+"""Data stage: records and patient splits, audit, download, DICOM, preprocessing, cache."""

@@ -17,8 +17,8 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from study.data import records as data_mod
-from study.data.cache import ImageCache, build_cache
 from study.data.audit import AuditReport, audit_dataset
+from study.data.cache import ImageCache, build_cache
 from study.data.records import ImageRecord, SplitPlan
 
 if TYPE_CHECKING:  # the config is passed down; the data stage never imports it at run time
