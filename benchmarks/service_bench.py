@@ -187,40 +187,81 @@ def breakdown(db_url: str) -> dict[str, float]:
     }
 
 
+def _resolve_model(args: argparse.Namespace, work: Path) -> tuple[Path, bool]:
+    """The winner to serve (flag, $MODEL_PATH, newest study) or a tiny untrained one."""
+    model = args.model or (Path(os.environ["MODEL_PATH"]) if os.environ.get("MODEL_PATH") else None)
+    if model is None:
+        from study.select.model_io import newest_winner
+
+        model = newest_winner(REPO / "results")
+    if model is None:
+        return make_tiny_winner(work / "tiny_study"), True
+    return model, False
+
+
+def _header(args: argparse.Namespace, model: Path, tiny: bool, data: bytes) -> dict[str, Any]:
+    from study.data.preprocess import decode
+
+    return {
+        "when": datetime.now().isoformat(timespec="seconds"),
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_at_start": os.getloadavg(),
+        },  # fmt: skip
+        "backend": args.backend,
+        "model": {"path": model.name if tiny else str(model), "tiny_untrained": tiny},
+        "image": {
+            "name": args.image.name,
+            "bytes": len(data),
+            "shape": list(decode(data).pixels.shape),
+        },
+    }
+
+
+def _measure_stack(
+    stack: Stack,
+    env: dict[str, str],
+    data: bytes,
+    args: argparse.Namespace,
+    extra_workers: list[Any],
+) -> dict[str, Any]:
+    """End-to-end latency with one worker, then bursts with one and two workers."""
+    res: dict[str, Any] = {}
+    for _ in range(3):  # warm the path (first SQL, broker queue creation)
+        wait_done(stack, stack.upload(data).json()["id"])
+    res["end_to_end_1_worker"] = sequential(stack, data, args.n)
+    res["worker_breakdown_ms"] = breakdown(env.get("DATABASE_URL") or stack_db(stack))
+    res["burst_1_worker"] = burst(stack, data, args.burst, 10)
+    extra_workers.append(stack._spawn("worker"))
+    wait_for(lambda: stack.client.get("/readyz").json().get("workers") == 2, 300, "2 workers")
+    res["burst_2_workers"] = burst(stack, data, args.burst, 10)
+    res["load_200_c20_2_workers"] = burst(stack, data, 200, 20)
+    return res
+
+
+def _ratios(res: dict[str, Any]) -> None:
+    m = res["model_only"]["predict"]["p50_ms"]
+    mh = res["model_only"]["predict_and_heatmap"]["p50_ms"]
+    e = res["end_to_end_1_worker"]["client"]["p50_ms"]
+    res["ratio_e2e_over_model_only_p50"] = round(e / m, 2)
+    res["ratio_e2e_over_model_and_heatmap_p50"] = round(e / mh, 2)
+    res["throughput_speedup_2_over_1_worker"] = round(
+        res["burst_2_workers"]["throughput_per_s"] / res["burst_1_worker"]["throughput_per_s"], 2
+    )
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="pneumoscope-bench-"))
     redis = pg = None
     stack: Stack | None = None
     extra_workers: list[Any] = []
     try:
-        model = args.model or (
-            Path(os.environ["MODEL_PATH"]) if os.environ.get("MODEL_PATH") else None
-        )
-        if model is None:
-            from study.select.model_io import newest_winner
-
-            model = newest_winner(REPO / "results")
-        tiny = model is None
-        if tiny:
-            model = make_tiny_winner(work / "tiny_study")
+        model, tiny = _resolve_model(args, work)
         data = args.image.read_bytes()
-        res: dict[str, Any] = {
-            "when": datetime.now().isoformat(timespec="seconds"),
-            "machine": {
-                "cpus": os.cpu_count(),
-                "python": platform.python_version(),
-                "load_avg_at_start": os.getloadavg(),
-            },  # fmt: skip
-            "backend": args.backend,
-            "model": {"path": model.name if tiny else str(model), "tiny_untrained": tiny},
-            "image": {"name": args.image.name, "bytes": len(data)},
-        }
-        from study.data.preprocess import decode
-
-        res["image"]["shape"] = list(decode(data).pixels.shape)
+        res = _header(args, model, tiny, data)
         res["model_only"] = model_only(model, data, args.n)
         res["model"]["params"] = res["model_only"].pop("params")
-
         env = {**BENCH_ENV, "MODEL_PATH": str(model)}
         if args.backend == "pg_redis":
             redis, pg = Redis(work), Postgres()
@@ -231,24 +272,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         stack.migrate()
         stack.start_api()
         stack.start_worker()
-        for _ in range(3):  # warm the path (first SQL, broker queue creation)
-            wait_done(stack, stack.upload(data).json()["id"])
-        res["end_to_end_1_worker"] = sequential(stack, data, args.n)
-        res["worker_breakdown_ms"] = breakdown(env.get("DATABASE_URL") or stack_db(stack))
-        res["burst_1_worker"] = burst(stack, data, args.burst, 10)
-        extra_workers.append(stack._spawn("worker"))
-        wait_for(lambda: stack.client.get("/readyz").json().get("workers") == 2, 300, "2 workers")
-        res["burst_2_workers"] = burst(stack, data, args.burst, 10)
-        res["load_200_c20_2_workers"] = burst(stack, data, 200, 20)
-        m = res["model_only"]["predict"]["p50_ms"]
-        mh = res["model_only"]["predict_and_heatmap"]["p50_ms"]
-        e = res["end_to_end_1_worker"]["client"]["p50_ms"]
-        res["ratio_e2e_over_model_only_p50"] = round(e / m, 2)
-        res["ratio_e2e_over_model_and_heatmap_p50"] = round(e / mh, 2)
-        res["throughput_speedup_2_over_1_worker"] = round(
-            res["burst_2_workers"]["throughput_per_s"] / res["burst_1_worker"]["throughput_per_s"],
-            2,
-        )
+        res |= _measure_stack(stack, env, data, args, extra_workers)
+        _ratios(res)
         res["machine"]["load_avg_at_end"] = os.getloadavg()
         return res
     finally:
@@ -256,10 +281,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             stop_process(w)
         if stack is not None:
             stack.stop()
-        if redis is not None:
-            redis.stop()
-        if pg is not None:
-            pg.stop()
+        for server in (redis, pg):
+            if server is not None:
+                server.stop()
         shutil.rmtree(work, ignore_errors=True)
 
 
