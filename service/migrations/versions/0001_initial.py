@@ -19,6 +19,12 @@ TS = sa.DateTime(timezone=True)
 
 
 def upgrade() -> None:
+    _uploads()
+    _predictions()
+    _labels_and_heartbeats()
+
+
+def _uploads() -> None:
     op.create_table(
         "uploads",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -37,6 +43,9 @@ def upgrade() -> None:
         sa.Column("photometric_interpretation", sa.String(32)),
     )
     op.create_index("ix_uploads_created_at", "uploads", ["created_at"])
+
+
+def _predictions() -> None:
     op.create_table(
         "predictions",
         sa.Column("id", sa.String(32), primary_key=True),
@@ -63,6 +72,9 @@ def upgrade() -> None:
     )
     op.create_index("ix_predictions_upload_id", "predictions", ["upload_id"])
     op.create_index("ix_predictions_status", "predictions", ["status"])
+
+
+def _labels_and_heartbeats() -> None:
     op.create_table(
         "labels",
         sa.Column("id", sa.String(32), primary_key=True),
