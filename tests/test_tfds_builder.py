@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from tests.conftest import copy_patients
+from tests.conftest import REPO, copy_patients
 
 tfds = pytest.importorskip("tensorflow_datasets")
 
@@ -99,9 +102,18 @@ def test_tfds_splits_images_and_labels_match_the_study(tiny: Path, tmp_path: Pat
         assert sorted(_rel(tiny, p) for p in files[split]) == sorted(got[split])
 
 
-def test_builder_config_carries_the_seed(tiny: Path, tmp_path: Path) -> None:
+def test_command_line_builds_a_seeded_config(tiny: Path, tmp_path: Path) -> None:
+    """The README's command: another seed is its own config, split as make_splits does."""
+    out = tmp_path / "tfds"
+    env = os.environ | {"PNEUMOSCOPE_CACHE_DIR": str(tmp_path / "cache")}
+    cmd = [sys.executable, "-m", "study.data.tfds_cli", "--data-dir", str(tiny), "--out", str(out)]
+    proc = subprocess.run(
+        [*cmd, "--seed", "7"], cwd=REPO, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "kermany_chest_xray/seed7/1.0.0" in proc.stdout
     config = tfds_builder.KermanyChestXrayConfig(name="seed7", seed=7)
-    got = _load(tiny, tmp_path / "tfds", config=config)
+    got = _load(Path("/nonexistent-manual-dir"), out, config=config)  # prepared: not rebuilt
     want = _expected(tiny, 7)
     default = _expected(tiny, StudyConfig().seed)
     assert any({r.path for r in want[s]} != {r.path for r in default[s]} for s in SPLITS)
