@@ -75,13 +75,14 @@ COMMANDS = {"data": _data_command, "report": _report_command, "weights": _weight
 
 
 def main(argv: list[str] | None = None) -> int:
+    """A missing data or study folder is one 'error:' line and exit code 2, not a traceback."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] in COMMANDS:
-        return COMMANDS[argv[0]](argv[1:])
-    cfg = config_from_args(study_parser().parse_args(argv))
-    from study.workflow import run_study
-
     try:
+        if argv and argv[0] in COMMANDS:
+            return COMMANDS[argv[0]](argv[1:])
+        cfg = config_from_args(study_parser().parse_args(argv))
+        from study.workflow import run_study
+
         run_study(cfg)
     except FileNotFoundError as exc:
         print(f"error: {exc}", file=sys.stderr)

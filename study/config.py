@@ -17,6 +17,7 @@ from typing import Any, get_type_hints
 from search_spaces import FAMILIES, FAMILY_NAMES, PRECISION_CHOICES
 from study.data.augment import AugmentConfig
 from study.data.preprocess import PreprocessConfig
+from study.data.records import DEFAULT_SEED, TEST_FRACTION, VAL_FRACTION
 from study.paths import (
     CACHE_DIR_ENV,
     DATA_DIR_ENV,
@@ -87,14 +88,14 @@ class StudyConfig:
     steps_per_epoch: int = setting(
         0, "training steps per epoch; 0 = one pass over the training split"
     )
-    seed: int = setting(42, "seeds splits, batches and models")
+    seed: int = setting(DEFAULT_SEED, "seeds splits, batches and models")
     time_budget: float = setting(0.0, "minutes; no new trial starts after this (0 = no limit)")
     min_sensitivity: float = setting(
         0.95,
         "threshold rule: highest specificity with sensitivity >= this, on validation only",
     )
-    val_fraction: float = internal(default=0.12)
-    test_fraction: float = internal(default=0.15)
+    val_fraction: float = internal(default=VAL_FRACTION)
+    test_fraction: float = internal(default=TEST_FRACTION)
     max_train_images: int = setting(
         0,
         "use a seeded, patient-grouped subset of this many train images "

@@ -109,3 +109,23 @@ def tiny_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path
     (root / "study.log").write_text(proc.stdout + "\n" + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return root / "results" / "tiny"
+
+
+def copy_patients(data_dir: Path, root: Path, split: str, per_class: int = 3) -> Path:
+    """Copy every train image of the first ``per_class`` patients with 2+ images (PNEUMONIA)
+    or of ``per_class`` patients (NORMAL) into root/<split>/<CLASS>/ (Kaggle layout)."""
+    import shutil
+
+    from study.data.records import CLASS_NAMES, patient_and_subtype
+
+    for label, cls in enumerate(CLASS_NAMES):
+        by_patient: dict[str, list[Path]] = {}
+        for f in sorted((data_dir / "train" / cls).iterdir()):
+            by_patient.setdefault(patient_and_subtype(f.name, label)[0], []).append(f)
+        min_images = 2 if label else 1
+        chosen = [fs for fs in by_patient.values() if len(fs) >= min_images][:per_class]
+        dst = root / split / cls
+        dst.mkdir(parents=True, exist_ok=True)
+        for f in (f for fs in chosen for f in fs):
+            shutil.copy2(f, dst / f.name)
+    return root

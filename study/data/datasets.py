@@ -10,6 +10,7 @@ import hashlib
 import json
 import random
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -102,17 +103,27 @@ def _scan(cfg: StudyConfig) -> tuple[list[ImageRecord], list[ImageRecord]]:
     return records, extra
 
 
-def _split(
-    cfg: StudyConfig, records: list[ImageRecord], extra: list[ImageRecord], audit: AuditReport
+def plan_splits(
+    records: Sequence[ImageRecord],
+    audit: AuditReport,
+    extra: Sequence[ImageRecord] = (),
+    *,
+    val_fraction: float = data_mod.VAL_FRACTION,
+    test_fraction: float = data_mod.TEST_FRACTION,
+    seed: int = data_mod.DEFAULT_SEED,
 ) -> SplitPlan:
     """Patient splits that keep duplicates together; extra data goes to train; the
-    unreadable files are dropped."""
+    unreadable files are dropped.
+
+    The one split plan of the study, of ``data audit`` and of the TFDS builder, so all
+    three put every image in the same split.
+    """
     plan = data_mod.make_splits(
         records,
         linked=audit.linked_clusters(),
-        val_fraction=cfg.val_fraction,
-        test_fraction=cfg.test_fraction,
-        seed=cfg.seed,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
     )
     if extra:
         plan = data_mod.add_extra_training(plan, extra)
@@ -154,7 +165,14 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
     out.mkdir(parents=True, exist_ok=True)
     records, extra = _scan(cfg)
     audit = audit_dataset(records + extra, workers=cfg.workers, cache_dir=cfg.cache_dir / "audit")
-    plan = _split(cfg, records, extra, audit)
+    plan = plan_splits(
+        records,
+        audit,
+        extra,
+        val_fraction=cfg.val_fraction,
+        test_fraction=cfg.test_fraction,
+        seed=cfg.seed,
+    )
     if write_artifacts:
         _write_artifacts(out, plan, audit)
     print(audit.summary(), flush=True)

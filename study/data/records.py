@@ -16,11 +16,14 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-from sklearn.model_selection import StratifiedGroupKFold
 
 CLASS_NAMES = ("NORMAL", "PNEUMONIA")
 SPLITS = ("train", "val", "test")
 IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
+#: The study's split defaults, declared once (StudyConfig, `data audit` and the TFDS builder).
+VAL_FRACTION = 0.12
+TEST_FRACTION = 0.15
+DEFAULT_SEED = 42
 
 _PERSON = re.compile(r"^(person\d+)_(bacteria|virus)_", re.IGNORECASE)
 _NORMAL = re.compile(r"^((?:NORMAL2-)?IM-\d+)-", re.IGNORECASE)
@@ -163,6 +166,8 @@ class SplitPlan:
 
 def _carve(records: list[ImageRecord], groups: list[str], fraction: float, seed: int) -> np.ndarray:
     """Boolean mask of a stratified, group-respecting ~fraction of records."""
+    from sklearn.model_selection import StratifiedGroupKFold  # lazy: config imports this module
+
     n_splits = max(2, round(1.0 / fraction))
     y = np.array([r.label for r in records])
     sgkf = StratifiedGroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
@@ -175,9 +180,9 @@ def _carve(records: list[ImageRecord], groups: list[str], fraction: float, seed:
 def make_splits(
     records: Sequence[ImageRecord],
     linked: Iterable[Sequence[str]] = (),
-    val_fraction: float = 0.12,
-    test_fraction: float = 0.15,
-    seed: int = 42,
+    val_fraction: float = VAL_FRACTION,
+    test_fraction: float = TEST_FRACTION,
+    seed: int = DEFAULT_SEED,
 ) -> SplitPlan:
     """Patient-grouped, stratified, seeded splits.
 
