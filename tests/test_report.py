@@ -161,6 +161,8 @@ def test_primary_comparison_resamples_patients(tiny_study: Path, tmp_path: Path)
         assert r["diff_ci"][0] <= r["diff"] <= r["diff_ci"][1]
         assert t["p_holm"] >= r["p_value"] and f"{n_patients} patients resampled" in t["verdict"]
     assert cmp["clustered_info"]["n_patients"] == n_patients
+    cross = cmp["clustered"][1]["cross_check"]
+    assert cross["test"] == "Obuchowski" and cross["n_groups"] == n_patients
     assert all(t["verdict"].startswith("Per-image (assumes independent") for t in cmp["tests"])
     assert f"from {n_patients} patients" in cmp["verdicts"][0]
     page = render(build_context(study, include_errors=False))

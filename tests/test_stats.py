@@ -307,6 +307,7 @@ def test_clustering_changes_the_verdict_when_a_win_rests_on_two_patients() -> No
         # The same bootstrap with every image its own "patient" is fooled like McNemar.
         naive = stats.paired_bootstrap(y, pa, pb, np.arange(y.size), metric, 0.5, n_boot=2000)
         assert naive["p_value"] < 0.01, metric
+    assert stats.obuchowski(y, pa, pb, groups)["p_value"] > 0.05
 
 
 def _one_image_per_patient(seed: int, shift: float, n: int = 200) -> tuple[np.ndarray, ...]:
@@ -331,6 +332,37 @@ def test_clustered_bootstrap_agrees_with_delong_for_singleton_patients(
         assert 1 / 3 < bt["p_value"] / dl["p_value"] < 3
     else:
         assert bt["p_value"] < 0.01
+
+
+def test_obuchowski_is_delong_for_singleton_patients() -> None:
+    y, sa, sb = _one_image_per_patient(3, 0.4, n=150)
+    ob, dl = stats.obuchowski(y, sa, sb, np.arange(150)), stats.delong(y, sa, sb)
+    for key in ("value_a", "value_b", "diff", "se", "z", "p_value"):
+        assert ob[key] == pytest.approx(dl[key], rel=1e-9), key
+    assert ob["n_groups"] == 150
+    with pytest.raises(ValueError, match="two patients"):
+        stats.obuchowski(y, sa, sb, y)  # one "patient" per class
+
+
+def test_obuchowski_se_matches_monte_carlo_with_correlated_images() -> None:
+    """Patients with 1-5 images sharing a random effect: Obuchowski's SE of the AUC
+    difference matches its spread over simulations; DeLong's (per-image) is too small."""
+    rng = np.random.default_rng(11)
+    diffs, se_ob, se_dl = [], [], []
+    for _ in range(200):
+        k = rng.integers(1, 6, 60)
+        y = np.repeat((rng.random(60) < 0.5).astype(int), k)
+        g = np.repeat(np.arange(60), k)
+        u = np.repeat(rng.normal(0, 1, 60), k)
+        a = y + u + rng.normal(0, 0.5, y.size)
+        b = y + u + rng.normal(0, 0.5, y.size) + 0.5 * np.repeat(rng.normal(0, 1, 60), k)
+        ob = stats.obuchowski(y, a, b, g)
+        diffs.append(ob["diff"])
+        se_ob.append(ob["se"])
+        se_dl.append(stats.delong(y, a, b)["se"])
+    mc = np.std(diffs)
+    assert 0.85 < np.sqrt(np.mean(np.square(se_ob))) / mc < 1.15
+    assert np.sqrt(np.mean(np.square(se_dl))) / mc < 0.85
 
 
 def test_paired_bootstrap_uses_the_same_resamples_for_both_models() -> None:

@@ -3,9 +3,10 @@
 The test split has several X-rays per child (746 images from 406 patients in the main
 study), so the PRIMARY comparison is :func:`study.select.stats.paired_bootstrap`: accuracy
 at each model's own threshold and ROC-AUC, patients resampled, both models scored on the
-same resamples. McNemar and DeLong treat every image as independent, which makes their
-p-values too small; they are kept as secondary, labelled so. Each list is Holm-adjusted
-over its own tests, and every test gets its plain-language verdict.
+same resamples; Obuchowski's (1997) analytic clustered AUC test stands beside the
+bootstrap's AUC comparison as a cross-check. McNemar and DeLong treat every image as
+independent, which makes their p-values too small; they are kept as secondary, labelled
+so. Each list is Holm-adjusted over its own tests, and every test gets its verdict.
 
 One function, :func:`compare_families`, serves both summary.json (at the end of a study,
 from the models' probabilities) and the report (rebuilt from the saved prediction CSVs,
@@ -61,7 +62,12 @@ def _pair(
         except ValueError as e:
             problems.append(f"patient bootstrap ({metric}) {a} vs {b}: {e}")
         else:
-            primary.append({"a": a, "b": b, "result": r, "what": what[metric]})
+            primary.append({"a": a, "b": b, "result": r, "what": what[metric], "cross_check": None})
+    if primary and primary[-1]["result"]["metric"] == "AUC":
+        try:  # the analytic clustered AUC test, shown beside the bootstrap, not Holm-adjusted
+            primary[-1]["cross_check"] = stats.obuchowski(y, pa, pb, groups)
+        except ValueError as e:
+            problems.append(f"Obuchowski {a} vs {b}: {e}")
     mc = stats.mcnemar(y, (pa >= thr[a]).astype(int), (pb >= thr[b]).astype(int))
     secondary.append({"a": a, "b": b, "result": mc, "what": what["accuracy"]})
     try:
