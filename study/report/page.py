@@ -402,11 +402,12 @@ def _overall_verdict(cmp: dict[str, Any], fams: list[str]) -> list[str]:
         "correction for multiple tests."
     ]
     naive = sum(t["significant"] for t in cmp["secondary"])
-    if naive > len(sig):
-        lines.append(
+    if naive > len(sig):  # first, so the last line (the overview's) stays the conclusion
+        lines.insert(
+            0,
             f"The per-image tests (McNemar, DeLong) call {naive} differences significant, but "
             "they count a child's several X-rays as independent evidence, so their p-values "
-            "are too small; the patient-clustered tests are the ones to read."
+            "are too small; the patient-clustered tests are the ones to read.",
         )
     if not sig:
         lines.append(
