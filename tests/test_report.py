@@ -145,6 +145,87 @@ def test_two_families_get_paired_tests_and_cis(tiny_study: Path, tmp_path: Path)
         assert html.escape(t["verdict"]) in page
 
 
+def test_primary_comparison_resamples_patients(tiny_study: Path, tmp_path: Path) -> None:
+    """The clustered bootstrap leads the statistics section and says over how many patients;
+    McNemar/DeLong follow, labelled secondary; summary.json gets the same computation."""
+    study = _copy_study(tiny_study, tmp_path / "clustered")
+    _fake_family(study, "fake_cnn")
+    cmp = build_context(study, include_errors=False)["compare"]
+    rows = list(csv.DictReader((study / "families" / "fake_cnn" / "test_predictions.csv").open()))
+    n_patients = len({r["patient"] for r in rows})
+    assert n_patients < len(rows), "the tiny study should have patients with several images"
+    assert [t["result"]["metric"] for t in cmp["clustered"]] == ["accuracy", "AUC"]
+    for t in cmp["clustered"]:
+        r = t["result"]
+        assert r["test"] == "patient bootstrap" and r["n_groups"] == n_patients
+        assert r["diff_ci"][0] <= r["diff"] <= r["diff_ci"][1]
+        assert t["p_holm"] >= r["p_value"] and f"{n_patients} patients resampled" in t["verdict"]
+    assert cmp["clustered_info"]["n_patients"] == n_patients
+    cross = cmp["clustered"][1]["cross_check"]
+    assert cross["test"] == "Obuchowski" and cross["n_groups"] == n_patients
+    assert all(t["verdict"].startswith("Per-image (assumes independent") for t in cmp["tests"])
+    assert any(f"from {n_patients} patients" in v for v in cmp["verdicts"])
+    page = render(build_context(study, include_errors=False))
+    primary = page.index('id="clustered-tests"')
+    assert primary < page.index("Per-image tests (assumes independent images; secondary)")
+    assert f"<b>{n_patients} patients</b>" in page
+    for t in cmp["clustered"]:
+        assert html.escape(t["verdict"]) in page
+
+    from study.data.datasets import SplitArrays
+    from study.data.records import ImageRecord
+    from study.select.winner import family_comparisons
+
+    real = next(f for f in cmp["families"] if f != "fake_cnn")
+    preds = {
+        f: list(csv.DictReader((study / "families" / f / "test_predictions.csv").open()))
+        for f in (real, "fake_cnn")
+    }
+    recs = [
+        ImageRecord(r["file"], int(r["label"]), r["patient"], r["subtype"], "test")
+        for r in preds[real]
+    ]
+    split = SplitArrays(recs, np.zeros((len(recs), 1)), np.array([r.label for r in recs]))
+    probs = {f: np.array([float(r["probability_pneumonia"]) for r in v]) for f, v in preds.items()}
+    summary = json.loads((study / "summary.json").read_text())
+    saved = family_comparisons(split, probs, summary["families"])
+    json.dumps(saved)
+    assert [t["result"]["p_value"] for t in saved["primary"]] == pytest.approx(
+        [t["result"]["p_value"] for t in cmp["clustered"]], abs=1e-3
+    )
+    assert saved["n_patients"] == n_patients
+
+
+def test_conclusion_follows_the_clustered_tests_not_the_per_image_ones() -> None:
+    """Two patients carry A's whole advantage over 60 images: McNemar and DeLong call it
+    significant, the patient bootstrap does not, and the conclusion says so."""
+    from study.report.page import _overall_verdict
+    from study.select.compare import compare_families
+
+    rng = np.random.default_rng(0)
+    y = np.repeat(np.r_[np.ones(6), np.zeros(6)].astype(int), 30)
+    patient = np.repeat([f"p{i}" for i in range(12)], 30)
+    base = np.r_[np.linspace(0.6, 0.9, 6), np.linspace(0.1, 0.4, 6)]
+    bad = base.copy()
+    bad[0], bad[6] = 0.05, 0.95
+    files = [f"img{i}.jpeg" for i in range(y.size)]
+    preds = {
+        name: {"file": files, "patient": patient, "y": y, "p": np.repeat(s, 30) + noise}
+        for name, s, noise in (
+            ("good", base, rng.normal(0, 0.005, y.size)),
+            ("bad", bad, rng.normal(0, 0.005, y.size)),
+        )
+    }
+    cmp = compare_families(preds, {"good": 0.5, "bad": 0.5})
+    assert all(t["significant_holm"] for t in cmp["secondary"])
+    assert not any(t["significant"] for t in cmp["primary"])
+    assert cmp["n_patients"] == 12 and cmp["n_images"] == 360
+    lines = _overall_verdict(cmp, ["good", "bad"])
+    assert "per-image tests (McNemar, DeLong) call 2 differences significant" in lines[0]
+    assert "from 12 patients; 0 significant" in lines[1]
+    assert lines[-1].startswith("No difference between the families")
+
+
 def _set_val_auc(trial_json: Path, binned: float, exact: float) -> None:
     t = json.loads(trial_json.read_text())
     t["val"] |= {"auc": binned, "auc_exact": exact}

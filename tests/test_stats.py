@@ -269,6 +269,124 @@ def test_delong_single_auc_variance_close_to_hanley_mcneil() -> None:
     assert r["var_a"] == pytest.approx(hm, rel=0.2)
 
 
+# --------------------------------------------------------------------------- patient-clustered
+
+
+def _few_patients_many_images() -> tuple[np.ndarray, ...]:
+    """12 patients (6 with pneumonia), 30 near-identical X-rays each; B fails two patients.
+
+    Model B equals A except that it calls one pneumonia patient normal and one normal
+    patient pneumonia (all 30 images of each): 60 discordant images, but only 2 patients.
+    """
+    rng = np.random.default_rng(0)
+    n_pat, k = 12, 30
+    y = np.repeat(np.r_[np.ones(6), np.zeros(6)].astype(int), k)
+    groups = np.repeat(np.arange(n_pat), k)
+    base = np.r_[np.linspace(0.6, 0.9, 6), np.linspace(0.1, 0.4, 6)]
+    bad = base.copy()
+    bad[0], bad[6] = 0.05, 0.95
+    pa = np.repeat(base, k) + rng.normal(0, 0.005, y.size)
+    pb = np.repeat(bad, k) + rng.normal(0, 0.005, y.size)
+    return y, pa, pb, groups
+
+
+def test_clustering_changes_the_verdict_when_a_win_rests_on_two_patients() -> None:
+    y, pa, pb, groups = _few_patients_many_images()
+    mc = stats.mcnemar(y, (pa >= 0.5).astype(int), (pb >= 0.5).astype(int))
+    dl = stats.delong(y, pa, pb)
+    assert mc["b"] == 60 and mc["c"] == 0
+    assert mc["p_value"] < 0.05 and dl["p_value"] < 0.05  # per-image: "significant"
+    for metric in ("accuracy", "auc"):
+        cl = stats.paired_bootstrap(y, pa, pb, groups, metric, 0.5, 0.5, n_boot=2000, seed=1)
+        # P(neither failed patient drawn) ~ (10/12)^12, and then d = 0 -> p ~ 0.2.
+        assert cl["p_value"] > 0.05, metric
+        assert cl["diff_ci"][0] <= 0 < cl["diff"] <= cl["diff_ci"][1]
+        assert cl["n_groups"] == 12 and cl["n"] == y.size
+        assert "not statistically significant" in stats.verdict("A", "B", cl)
+        assert "12 patients resampled" in stats.verdict("A", "B", cl)
+        # The same bootstrap with every image its own "patient" is fooled like McNemar.
+        naive = stats.paired_bootstrap(y, pa, pb, np.arange(y.size), metric, 0.5, n_boot=2000)
+        assert naive["p_value"] < 0.01, metric
+    assert stats.obuchowski(y, pa, pb, groups)["p_value"] > 0.05
+
+
+def _one_image_per_patient(seed: int, shift: float, n: int = 200) -> tuple[np.ndarray, ...]:
+    rng = np.random.default_rng(seed)
+    y = (rng.random(n) < 0.5).astype(int)
+    return y, y + rng.normal(0, 1, n), y * (1.0 - shift) + rng.normal(0, 1, n)
+
+
+@pytest.mark.parametrize(
+    "seed,shift,significant",
+    [(10, 0.0, False), (13, 0.0, False), (12, 0.6, True), (14, 0.6, True), (20, 1.0, True)],
+)
+def test_clustered_bootstrap_agrees_with_delong_for_singleton_patients(
+    seed: int, shift: float, significant: bool
+) -> None:
+    y, sa, sb = _one_image_per_patient(seed, shift)
+    dl = stats.delong(y, sa, sb)
+    bt = stats.paired_bootstrap(y, sa, sb, np.arange(y.size), "auc", n_boot=4000, seed=seed)
+    assert bt["diff"] == pytest.approx(dl["diff"])
+    assert (dl["p_value"] < 0.05) == (bt["p_value"] < 0.05) == significant
+    if dl["p_value"] > 1e-3:  # the bootstrap cannot resolve p below ~1/n_boot
+        assert 1 / 3 < bt["p_value"] / dl["p_value"] < 3
+    else:
+        assert bt["p_value"] < 0.01
+
+
+def test_obuchowski_is_delong_for_singleton_patients() -> None:
+    y, sa, sb = _one_image_per_patient(3, 0.4, n=150)
+    ob, dl = stats.obuchowski(y, sa, sb, np.arange(150)), stats.delong(y, sa, sb)
+    for key in ("value_a", "value_b", "diff", "se", "z", "p_value"):
+        assert ob[key] == pytest.approx(dl[key], rel=1e-9), key
+    assert ob["n_groups"] == 150
+    with pytest.raises(ValueError, match="two patients"):
+        stats.obuchowski(y, sa, sb, y)  # one "patient" per class
+
+
+def test_obuchowski_se_matches_monte_carlo_with_correlated_images() -> None:
+    """Patients with 1-5 images sharing a random effect: Obuchowski's SE of the AUC
+    difference matches its spread over simulations; DeLong's (per-image) is too small."""
+    rng = np.random.default_rng(11)
+    diffs, se_ob, se_dl = [], [], []
+    for _ in range(200):
+        k = rng.integers(1, 6, 60)
+        y = np.repeat((rng.random(60) < 0.5).astype(int), k)
+        g = np.repeat(np.arange(60), k)
+        u = np.repeat(rng.normal(0, 1, 60), k)
+        a = y + u + rng.normal(0, 0.5, y.size)
+        b = y + u + rng.normal(0, 0.5, y.size) + 0.5 * np.repeat(rng.normal(0, 1, 60), k)
+        ob = stats.obuchowski(y, a, b, g)
+        diffs.append(ob["diff"])
+        se_ob.append(ob["se"])
+        se_dl.append(stats.delong(y, a, b)["se"])
+    mc = np.std(diffs)
+    assert 0.85 < np.sqrt(np.mean(np.square(se_ob))) / mc < 1.15
+    assert np.sqrt(np.mean(np.square(se_dl))) / mc < 0.85
+
+
+def test_paired_bootstrap_uses_the_same_resamples_for_both_models() -> None:
+    y, pa, pb, groups = _few_patients_many_images()
+    for metric in ("accuracy", "sensitivity", "auc"):
+        same = stats.paired_bootstrap(y, pa, pa, groups, metric, 0.5, n_boot=500, seed=4)
+        assert same["diff"] == 0.0 and same["diff_ci"] == [0.0, 0.0], metric
+        assert same["p_value"] == 1.0
+    # Each model's value is what bootstrap_ci and binary_metrics report for it.
+    r = stats.paired_bootstrap(y, pa, pb, groups, "accuracy", 0.5, 0.3, n_boot=200)
+    assert r["value_a"] == stats.bootstrap_ci(y, pa, groups, "accuracy", 0.5, n_boot=10).point
+    assert r["value_b"] == pytest.approx(stats.binary_metrics(y, pb, 0.3)["accuracy"])
+    json.dumps(r)
+
+
+def test_paired_bootstrap_is_deterministic_given_the_seed() -> None:
+    y, sa, sb = _one_image_per_patient(12, 0.6, n=150)
+    groups = np.arange(150) // 3
+    run = [stats.paired_bootstrap(y, sa, sb, groups, "auc", n_boot=700, seed=s) for s in (5, 5, 6)]
+    assert run[0] == run[1]
+    assert run[0]["diff_ci"] != run[2]["diff_ci"]
+    assert run[0]["n_boot"] == 700 and run[0]["n_groups"] == 50
+
+
 # ------------------------------------------------------------- verdict, calibration, effect size
 
 

@@ -7,8 +7,9 @@ any time. It is one self-contained HTML file: every figure is an inline PNG
 or JPEG data URI and the only script is a few lines of plain JS for sorting
 tables, so it opens offline and can be sent as a single attachment.
 
-Statistics come from :mod:`study.select.stats` (patient-level bootstrap CIs, paired
-McNemar and DeLong tests, plain-language verdicts); Grad-CAM from
+Statistics come from :mod:`study.select.stats` (patient-level bootstrap CIs,
+plain-language verdicts) and :mod:`study.select.compare` (patient-clustered paired
+comparisons first, per-image McNemar and DeLong as secondary); Grad-CAM from
 :mod:`study.report.gradcam`; the error section from :mod:`study.report.error_analysis`.
 A missing artifact (a study that died half-way) blanks its section with a
 note instead of failing the whole report.
@@ -17,7 +18,6 @@ note instead of failing the whole report.
 from __future__ import annotations
 
 import csv
-import itertools
 import json
 import math
 import statistics
@@ -36,7 +36,7 @@ from study.search.trial_log import (
     objective,
     read_history,
 )
-from study.select import stats
+from study.select import compare, stats
 
 TEMPLATES = REPO / "report_templates"
 REPORT_NAME = "report.html"
@@ -50,8 +50,8 @@ DATA_FIGURES = (
 )
 CI_METRICS = ("accuracy", "sensitivity", "specificity", "auc")
 TABLE_THRESHOLDS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
-N_BOOT = 2000
-ALPHA = 0.05
+N_BOOT = compare.N_BOOT
+ALPHA = compare.ALPHA
 #: (key in the metrics dict, label in the winner's metric table)
 WINNER_METRICS = (
     ("accuracy", "accuracy"),
@@ -290,13 +290,19 @@ def compare_section(
         "problems": problems,
     }
     if not preds:
-        out.update(curves=None, confusions=[], calibration=None, cis=[], tests=[], verdicts=[])
+        out.update(curves=None, confusions=[], calibration=None, cis=[], verdicts=[])
+        out.update(clustered=[], tests=[], clustered_info=None)
         return out
     thr = {f: float(fams_info[f]["threshold"]) for f in preds}
     out |= _test_figures(preds, thr, colours)
     out |= _intervals(preds, thr, colours)
-    out["tests"] = _paired_tests(preds, thr, problems)
-    out["verdicts"] = _overall_verdict(out["tests"], list(preds))
+    cmp = compare.compare_families(preds, thr)
+    problems += cmp["problems"]
+    # "clustered" (patients resampled) is the primary comparison; "tests" (McNemar, DeLong)
+    # the per-image, secondary one.
+    out |= {"clustered": cmp["primary"], "tests": cmp["secondary"]}
+    out["clustered_info"] = {k: cmp[k] for k in ("n_patients", "n_images", "n_boot")}
+    out["verdicts"] = _overall_verdict(cmp, list(preds))
     return out
 
 
@@ -379,62 +385,30 @@ def _intervals(
     }
 
 
-def _paired(da: dict[str, Any], db: dict[str, Any]) -> tuple[np.ndarray, ...] | None:
-    """(labels, probabilities of A, of B) on the images both families saw; None if they differ."""
-    common = sorted(set(da["file"]) & set(db["file"]))
-    ia = {p: i for i, p in enumerate(da["file"])}
-    ib = {p: i for i, p in enumerate(db["file"])}
-    sel_a = np.array([ia[p] for p in common], int)
-    sel_b = np.array([ib[p] for p in common], int)
-    y = da["y"][sel_a]
-    if len(common) == 0 or not np.array_equal(y, db["y"][sel_b]):
-        return None
-    return y, da["p"][sel_a], db["p"][sel_b]
-
-
-def _paired_tests(
-    preds: dict[str, dict[str, Any]], thr: dict[str, float], problems: list[str]
-) -> list[dict[str, Any]]:
-    """McNemar and DeLong for every pair of families, Holm-adjusted, each with its verdict."""
-    tests: list[dict[str, Any]] = []
-    for a, b in itertools.combinations(list(preds), 2):
-        paired = _paired(preds[a], preds[b])
-        if paired is None:
-            problems.append(
-                f"{a} vs {b}: the test predictions do not cover the same labelled images"
-            )
-            continue
-        y, pa, pb = paired
-        mc = stats.mcnemar(y, (pa >= thr[a]).astype(int), (pb >= thr[b]).astype(int))
-        tests.append({"a": a, "b": b, "result": mc, "what": "accuracy at each model's threshold"})
-        try:
-            dl = stats.delong(y, pa, pb)
-        except ValueError as e:
-            problems.append(f"DeLong {a} vs {b}: {e}")
-        else:
-            tests.append({"a": a, "b": b, "result": dl, "what": "ROC-AUC"})
-    adj = stats.holm([t["result"]["p_value"] for t in tests])
-    for t, p_adj in zip(tests, adj, strict=True):
-        t["p_holm"] = p_adj
-        t["verdict"] = stats.verdict(t["a"], t["b"], t["result"], alpha=ALPHA)
-        t["significant"] = t["result"]["p_value"] < ALPHA
-        t["significant_holm"] = p_adj < ALPHA
-    return tests
-
-
-def _overall_verdict(tests: list[dict[str, Any]], fams: list[str]) -> list[str]:
+def _overall_verdict(cmp: dict[str, Any], fams: list[str]) -> list[str]:
+    """The statistics section's conclusion, from the patient-clustered (primary) tests."""
     if len(fams) < 2:
         return [
             f"Only one family ({fams[0] if fams else 'none'}) produced a model, so there is "
             "nothing to compare: the intervals above describe that model alone."
         ]
+    tests = cmp["primary"]
     sig = [t for t in tests if t["significant"]]
     sig_holm = [t for t in tests if t["significant_holm"]]
     lines = [
-        f"{len(tests)} paired tests between {len(fams)} families' best models on the same "
-        f"test images; {len(sig)} significant at {ALPHA:g} unadjusted, {len(sig_holm)} after "
-        "Holm's correction for multiple tests."
+        f"{len(tests)} patient-clustered paired comparisons between {len(fams)} families' best "
+        f"models on the same {cmp['n_images']} test images from {cmp['n_patients']} patients; "
+        f"{len(sig)} significant at {ALPHA:g} unadjusted, {len(sig_holm)} after Holm's "
+        "correction for multiple tests."
     ]
+    naive = sum(t["significant"] for t in cmp["secondary"])
+    if naive > len(sig):  # first, so the last line (the overview's) stays the conclusion
+        lines.insert(
+            0,
+            f"The per-image tests (McNemar, DeLong) call {naive} differences significant, but "
+            "they count a child's several X-rays as independent evidence, so their p-values "
+            "are too small; the patient-clustered tests are the ones to read.",
+        )
     if not sig:
         lines.append(
             "No difference between the families is statistically significant: on this test "

@@ -11,8 +11,15 @@ can be traced to one function:
 * :func:`bootstrap_ci`: confidence intervals resample *patients*, not images.
   The Kermany set has several X-rays per child; treating them as independent
   makes intervals too narrow.
-* :func:`mcnemar` (paired accuracies) and :func:`delong` (paired AUCs): every
-  model is scored on the same test images, so the comparisons must be paired.
+* :func:`paired_bootstrap`: the primary comparison of two models (accuracy at each
+  model's threshold, or AUC). Every model is scored on the same test images, so the
+  comparison is paired, and it resamples patients, so a child's several X-rays do not
+  count as independent evidence.
+* :func:`mcnemar` (paired accuracies) and :func:`delong` (paired AUCs): the classic
+  per-image tests. They assume independent images, so with several X-rays per patient
+  their p-values are too small; the report shows them only as secondary.
+* :func:`obuchowski`: the analytic clustered counterpart of DeLong (Obuchowski 1997), a
+  cross-check of the bootstrap's AUC comparison.
 * :func:`holm`: adjusted p-values when several pairwise tests are read together.
 * :func:`verdict`: one plain-language sentence per test, so the report never
   calls a difference "better" without a p-value beside it.
@@ -273,24 +280,37 @@ def bootstrap_ci(
     _check_bootstrap_args(y, g, metric, threshold)
     _, inv = np.unique(g, return_inverse=True)
     n_groups = int(inv.max()) + 1
-    # Bound the (chunk, n_groups) and, for AUC, (chunk, n_images) matrices to ~8 MB each.
-    chunk = max(1, min(n_boot, 1_000_000 // max(n_groups, y.size if metric == "auc" else 1)))
+    point, replicate = _resampled_metric(y, p, inv, n_groups, metric, threshold)
+    rng = np.random.default_rng(seed)
+    reps = _replicates(replicate, n_groups, n_boot, _chunk(n_groups, y.size, metric, n_boot), rng)
+    return _percentile_ci(reps, point, metric, alpha, n_groups)
+
+
+def _chunk(n_groups: int, n_images: int, metric: str, n_boot: int) -> int:
+    """Resamples per chunk: bounds the (chunk, n_groups) and, for AUC, (chunk, n_images)
+    matrices to ~8 MB each."""
+    return max(1, min(n_boot, 1_000_000 // max(n_groups, n_images if metric == "auc" else 1)))
+
+
+def _resampled_metric(
+    y: np.ndarray, p: np.ndarray, inv: np.ndarray, n_groups: int, metric: str, threshold: Any
+) -> tuple[float, Callable[[np.ndarray], np.ndarray]]:
+    """The metric on the data as observed, and the function that recomputes it for each row of
+    group multiplicities: the one way a resample is scored, for single CIs and paired tests."""
     if metric == "auc":
         if y.sum() in (0, y.size):
             raise ValueError("AUC needs both classes")
-        point = float(roc_auc_score(y, p))
 
         def replicate(mult: np.ndarray) -> np.ndarray:
             return weighted_auc(y, p, mult[:, inv])
-    else:
-        per_group = _group_confusion(y, (p >= threshold).astype(np.int64), inv, n_groups)
-        point = float(_metric_from_counts(metric, *per_group.sum(axis=0)))
 
-        def replicate(mult: np.ndarray) -> np.ndarray:
-            return _metric_from_counts(metric, *(mult @ per_group).T)
+        return float(roc_auc_score(y, p)), replicate
+    per_group = _group_confusion(y, (p >= threshold).astype(np.int64), inv, n_groups)
 
-    reps = _replicates(replicate, n_groups, n_boot, chunk, np.random.default_rng(seed))
-    return _percentile_ci(reps, point, metric, alpha, n_groups)
+    def replicate(mult: np.ndarray) -> np.ndarray:
+        return _metric_from_counts(metric, *(mult @ per_group).T)
+
+    return float(_metric_from_counts(metric, *per_group.sum(axis=0))), replicate
 
 
 def _check_bootstrap_args(y: np.ndarray, g: np.ndarray, metric: str, threshold: Any) -> None:
@@ -352,6 +372,66 @@ def _percentile_ci(
 
 
 # --------------------------------------------------------------------------- paired tests
+
+
+def paired_bootstrap(
+    y_true: Any,
+    prob_a: Any,
+    prob_b: Any,
+    groups: Any,
+    metric: Metric,
+    threshold_a: float | None = None,
+    threshold_b: float | None = None,
+    n_boot: int = 2000,
+    alpha: float = 0.05,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """Compare two models on the same images when images come in patients (the primary test).
+
+    Each resample draws patients with replacement and scores BOTH models on that same
+    resample (one multiplicity matrix, as in :func:`bootstrap_ci`), so each replicate
+    difference d = A - B keeps the pairing and the correlation of a child's X-rays. The
+    interval is the percentile interval of d. The two-sided p-value is
+    ``2 * min(P(d <= 0), P(d >= 0))`` over the resamples where the metric is defined, at
+    least ``1 / (n + 1)`` (n such resamples, so no p of 0) and at most 1: the smallest
+    level at which that percentile interval would exclude 0. Threshold metrics use each
+    model's own threshold (``threshold_b`` defaults to ``threshold_a``).
+    """
+    y = _as_labels(y_true)
+    pa, pb = _as_scores(prob_a, y.size), _as_scores(prob_b, y.size)
+    g = np.asarray(groups).ravel()
+    thr_b = threshold_a if threshold_b is None else threshold_b
+    _check_bootstrap_args(y, g, metric, threshold_a)
+    _, inv = np.unique(g, return_inverse=True)
+    n_groups = int(inv.max()) + 1
+    va, rep_a = _resampled_metric(y, pa, inv, n_groups, metric, threshold_a)
+    vb, rep_b = _resampled_metric(y, pb, inv, n_groups, metric, thr_b)
+    chunk = _chunk(n_groups, 2 * y.size, metric, n_boot)  # two (chunk, n_images) weight matrices
+    reps = _replicates(
+        lambda mult: rep_a(mult) - rep_b(mult), n_groups, n_boot, chunk, np.random.default_rng(seed)
+    )
+    d = reps[np.isfinite(reps)]
+    if d.size == 0:
+        raise ValueError(f"every bootstrap resample left {metric} undefined")
+    lo, hi = np.percentile(d, [100 * alpha / 2, 100 * (1 - alpha / 2)])
+    p = 2 * min(np.mean(d <= 0), np.mean(d >= 0))
+    return {
+        "test": "patient bootstrap",
+        "method": "paired patient-level (cluster) percentile bootstrap",
+        "metric": "AUC" if metric == "auc" else metric,
+        "value_a": va,
+        "value_b": vb,
+        "diff": va - vb,
+        "diff_ci": [float(lo), float(hi)],
+        "level": 1.0 - alpha,
+        "p_value": float(min(1.0, max(p, 1.0 / (d.size + 1)))),
+        "p_rule": "2 * min(P(d <= 0), P(d >= 0)) over the resampled differences d = A - B, "
+        "at least 1 / (resamples + 1)",
+        "n_boot": int(reps.size),
+        "n_skipped": int(reps.size - d.size),
+        "n_groups": n_groups,
+        "n": int(y.size),
+    }
 
 
 def mcnemar(y_true: Any, pred_a: Any, pred_b: Any) -> dict[str, Any]:
@@ -463,6 +543,59 @@ def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
     }
 
 
+def obuchowski(y_true: Any, score_a: Any, score_b: Any, groups: Any) -> dict[str, Any]:
+    """Obuchowski's (1997) test that two correlated AUCs are equal when images come in patients.
+
+    DeLong's placement values summed per patient: V10_i (the patient's positives) and
+    V01_i (its negatives), centred by m_i * AUC and n_i * AUC. With M positives, N
+    negatives, I patients (I10 with a positive, I01 with a negative):
+    S10 = I10 / ((I10 - 1) M) * sum V10 V10', S01 likewise, S11 = I / (I - 1) * sum V10 V01',
+    cov = S10 / M + S01 / N + (S11 + S11') / (M N). With one image per patient it is DeLong.
+    """
+    y = _as_labels(y_true)
+    sa, sb = _as_scores(score_a, y.size), _as_scores(score_b, y.size)
+    g = np.asarray(groups).ravel()
+    if g.shape[0] != y.size:
+        raise ValueError(f"got {g.shape[0]} group ids for {y.size} labels")
+    _, inv = np.unique(g, return_inverse=True)
+    n_groups = int(inv.max()) + 1 if y.size else 0
+    gp, gn = inv[y == 1], inv[y == 0]
+    m_i, n_i = np.bincount(gp, minlength=n_groups), np.bincount(gn, minlength=n_groups)
+    i10, i01 = int(np.sum(m_i > 0)), int(np.sum(n_i > 0))
+    if min(i10, i01) < 2:
+        raise ValueError("Obuchowski needs positives and negatives from at least two patients each")
+    m, n = gp.size, gn.size
+    order = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)])
+    auc, v10, v01 = _placements(np.stack([sa[order], sb[order]]), m)
+    c10 = np.stack([np.bincount(gp, weights=v, minlength=n_groups) for v in v10])
+    c01 = np.stack([np.bincount(gn, weights=v, minlength=n_groups) for v in v01])
+    c10 -= m_i * auc[:, None]
+    c01 -= n_i * auc[:, None]
+    s10 = i10 / ((i10 - 1) * m) * (c10 @ c10.T)
+    s01 = i01 / ((i01 - 1) * n) * (c01 @ c01.T)
+    s11 = n_groups / (n_groups - 1) * (c10 @ c01.T)
+    cov = s10 / m + s01 / n + (s11 + s11.T) / (m * n)
+    diff = float(auc[0] - auc[1])
+    se = math.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0))
+    z = diff / se if se > 0 else 0.0
+    pval = float(2 * sps.norm.sf(abs(z))) if se > 0 else (1.0 if diff == 0 else 0.0)
+    q = float(sps.norm.ppf(0.975))
+    return {
+        "test": "Obuchowski",
+        "metric": "AUC",
+        "value_a": float(auc[0]),
+        "value_b": float(auc[1]),
+        "diff": diff,
+        "se": se,
+        "diff_ci95": [diff - q * se, diff + q * se],
+        "z": float(z),
+        "p_value": pval,
+        "n_groups": n_groups,
+        "n_pos": m,
+        "n_neg": n,
+    }
+
+
 # ----------------------------------------------------------------- multiple tests, formatting
 
 
@@ -508,6 +641,8 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
     if test == "McNemar":
         test = f"McNemar {test_result['method'].split(' with')[0]}"
         detail = f"; {test_result['b']} vs {test_result['c']} discordant images"
+    elif "n_groups" in test_result:
+        detail = f"; {test_result['n_groups']} patients resampled"
     else:
         detail = ""
     stat = f"({test} {fmt_p(p)}{detail})"

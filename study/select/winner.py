@@ -16,7 +16,7 @@ from study.data.datasets import SplitArrays, StudyData
 from study.data.records import CLASS_NAMES
 from study.search.pipeline import eval_dataset
 from study.search.trial_log import load_trials, objective
-from study.select import stats
+from study.select import compare, stats
 from study.select.model_io import copy_export, export_winner
 
 if TYPE_CHECKING:  # the config is passed down; the selection stage never imports it at run time
@@ -111,6 +111,21 @@ def model_info(
     }
 
 
+def family_comparisons(
+    test: SplitArrays, probs: dict[str, np.ndarray], families: dict[str, Any]
+) -> dict[str, Any] | None:
+    """Every pair of families on the test split: patient-clustered tests first, per-image
+    McNemar/DeLong second (:func:`study.select.compare.compare_families`, as in the report).
+    None with fewer than two families or an empty test split."""
+    if len(probs) < 2 or len(test.labels) == 0:
+        return None
+    preds = {
+        f: {"file": test.paths, "patient": test.groups, "y": test.labels, "p": p}
+        for f, p in probs.items()
+    }
+    return compare.compare_families(preds, {f: families[f]["threshold"] for f in probs})
+
+
 def finish_study(
     cfg: StudyConfig, data: StudyData, skipped: dict[str, str], weights_used: dict[str, str]
 ) -> dict[str, Any]:
@@ -124,6 +139,7 @@ def finish_study(
     bests = best_per_family(trials)
     families: dict[str, Any] = {}
     infos: dict[str, dict[str, Any]] = {}
+    test_probs: dict[str, np.ndarray] = {}
     for fam, t in bests.items():
         model = keras.saving.load_model(Path(t["dir"]) / "best.keras")
         val_p, test_p = (
@@ -131,6 +147,7 @@ def finish_study(
             predict(model, data.test, cfg.batch_size),
         )
         threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
+        test_probs[fam] = test_p
         fam_dir = study_dir / "families" / fam
         write_predictions(fam_dir / "val_predictions.csv", data.val, val_p)
         write_predictions(fam_dir / "test_predictions.csv", data.test, test_p)
@@ -153,6 +170,7 @@ def finish_study(
         "winner": infos[win_fam],
         "families": families,
         "skipped": skipped,
+        "comparisons": family_comparisons(data.test, test_probs, families),
         "n_trials": len(trials),
         # A resumed study's true cost: the training time of every trial, whichever run did it.
         "trial_seconds": sum(t.get("seconds", 0.0) for t in trials),
