@@ -55,6 +55,11 @@ def use_family_port(index: int) -> None:
     os.environ["KERASTUNER_ORACLE_PORT"] = str(int(base) + index)
 
 
+def family_precision(cfg: StudyConfig, family: str) -> str:
+    """The Keras dtype policy ``family``'s models are built with."""
+    return FAMILY_PRECISION[family] if cfg.precision == "auto" else cfg.precision
+
+
 def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], dict[str, str]]:
     """Hypermodel per runnable family; skipped families with their reason; weights used."""
     from search_spaces import FAMILIES
@@ -62,8 +67,11 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
 
     runnable, skipped, used = {}, {}, {}
     for fam in cfg.families:
+        precision = family_precision(cfg, fam)
         if fam == "custom_cnn":
-            runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=None)
+            runnable[fam] = FAMILIES[fam](
+                image_size=cfg.image_size, seed=cfg.seed, weights=None, precision=precision
+            )
             continue
         src = resolve_imagenet_weights(fam, cfg.weights_dir)
         if not src.available:
@@ -71,7 +79,9 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
             print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
             continue
         used[fam] = f"ImageNet ({src.kind}: {Path(src.path).name})"
-        runnable[fam] = FAMILIES[fam](image_size=cfg.image_size, seed=cfg.seed, weights=src)
+        runnable[fam] = FAMILIES[fam](
+            image_size=cfg.image_size, seed=cfg.seed, weights=src, precision=precision
+        )
     return runnable, skipped, used
 
 
@@ -94,7 +104,6 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
-        policy = FAMILY_PRECISION[fam] if cfg.precision == "auto" else cfg.precision
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -107,7 +116,6 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
             cfg.verbose,
             deadline,
             shares[fam],
-            policy,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         train_ds = train_dataset(
