@@ -161,12 +161,8 @@ class TrialArtifacts(keras.callbacks.Callback):
         self, ctx: TrialContext, trial: kt.engine.trial.Trial, epochs_planned: int, started: float
     ) -> None:
         super().__init__()
-        self.ctx, self.trial, self.epochs_planned, self.started = (
-            ctx,
-            trial,
-            epochs_planned,
-            started,
-        )
+        self.ctx, self.trial = ctx, trial
+        self.epochs_planned, self.started = epochs_planned, started
 
     def __deepcopy__(self, memo: dict) -> TrialArtifacts:
         # Keras-Tuner deep-copies a trial's callbacks; this one holds the shared progress
@@ -207,13 +203,12 @@ def trial_callbacks(
         keras.callbacks.EarlyStopping(
             monitor="val_auc", mode="max", patience=ctx.patience, restore_best_weights=True
         ),
-        # After the best weights are back, and before the backup is deleted: a kill
-        # in between reruns the trial from its backup instead of losing it.
-        TrialArtifacts(ctx, trial, epochs_planned, time.monotonic()),
         # Backup before the CSV row: a row on disk means its epoch can be resumed.
         ResumableTrial(trial_dir / "backup"),
         keras.callbacks.CSVLogger(str(trial_dir / "history.csv"), append=True),
         ProgressLine(ctx.progress, ctx.family, trial.trial_id, describe),
+        # Last: the best weights are back and history.csv is complete and closed.
+        TrialArtifacts(ctx, trial, epochs_planned, time.monotonic()),
     ]
 
 
