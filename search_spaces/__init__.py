@@ -1,10 +1,12 @@
 """Search spaces, one Keras-Tuner HyperModel per CNN family, and the one table of families.
 
-Every hypermodel is constructed as ``hypermodel_class(name)(image_size, seed, weights)`` where
-``weights`` is a :class:`study.models.weights.WeightsSource` (ignored by ``custom_cnn``; transfer
-families raise :class:`study.models.weights.WeightsUnavailableError` without usable weights), and
-``build(hp)`` returns a compiled model: float32 ``(N, S, S, 1)`` in [0, 1] -> sigmoid
-``(N, 1)`` float32. ``describe(hp)`` gives a one-line summary for progress output.
+Every hypermodel is constructed as ``hypermodel_class(name)(image_size, seed, weights,
+precision)`` where ``weights`` is a :class:`study.models.weights.WeightsSource` (ignored by
+``custom_cnn``; transfer families raise :class:`study.models.weights.WeightsUnavailableError`
+without usable weights) and ``precision`` is a Keras dtype policy name that ``build`` sets as
+the global policy (``None``: keep the current one), and ``build(hp)`` returns a compiled model:
+float32 ``(N, S, S, 1)`` in [0, 1] -> sigmoid ``(N, 1)`` float32. ``describe(hp)`` gives a
+one-line summary for progress output.
 
 This module stays TensorFlow-free: the table names each hypermodel by import path, so the
 study's flags and ``--help`` can list the families without importing Keras.

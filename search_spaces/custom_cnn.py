@@ -28,11 +28,18 @@ class CustomCNNHyperModel(kt.HyperModel):
     family = "custom_cnn"
     needs_weights = False
 
-    def __init__(self, image_size: int, seed: int, weights: WeightsSource | None = None) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        seed: int,
+        weights: WeightsSource | None = None,
+        precision: str | None = None,
+    ) -> None:
         super().__init__(name=self.family, tunable=True)
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.weights = weights  # ignored: trained from random init by design
+        self.precision = precision
 
     # ------------------------------------------------------------------ hyperparameters
     def declare(self, hp: kt.HyperParameters) -> dict[str, Any]:
@@ -72,6 +79,10 @@ class CustomCNNHyperModel(kt.HyperModel):
 
     # ------------------------------------------------------------------ model
     def build(self, hp: kt.HyperParameters) -> keras.Model:
+        if self.precision:
+            # Keras-Tuner clears the Keras session (and with it the global dtype policy)
+            # right before each build, so this family's precision is set here.
+            keras.mixed_precision.set_global_policy(self.precision)
         keras.utils.set_random_seed(self.seed)
         v = self.declare(hp)
         s = self.image_size

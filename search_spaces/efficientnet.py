@@ -10,12 +10,13 @@ name, in ``model.weights_kind``/``model.backbone_name`` and as the fixed hyperpa
 
 from __future__ import annotations
 
-import types
-from unittest import mock
-
 import keras
+import numpy as np
 
 from search_spaces.resnet import TransferHyperModel
+
+# The per-channel (RGB) ImageNet standard deviations Keras' EfficientNet stem corrects for.
+IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
 
 
 class EfficientNetHyperModel(TransferHyperModel):
@@ -51,26 +52,23 @@ class EfficientNetHyperModel(TransferHyperModel):
 
 
 def _keras_efficientnet_b0(input_shape: tuple[int, int, int], path: str) -> keras.Model:
-    """EfficientNetB0 exactly as built for ``weights="imagenet"``, but loading ``path``.
+    """EfficientNetB0 computing what Keras builds for ``weights="imagenet"``, from ``path``.
 
-    Keras adds the ImageNet std-dev correction layer after its Normalization only when
-    ``weights == "imagenet"``; passing a file path would silently drop it and feed the
-    pretrained stem wrongly scaled inputs. So the model is built with ``"imagenet"`` while
-    the module's ``get_file`` is swapped for one that returns the local file (never a
-    download).
+    With ``weights="imagenet"`` Keras follows the stem's Normalization (ImageNet mean and
+    variance, from the weights file) by a Rescaling with 1/sqrt(stddev) per channel; given
+    a file path it leaves that layer out, which would feed the pretrained stem wrongly
+    scaled inputs. Multiplying the loaded variance by the stddev gives the same output,
+    (x - m) / sqrt(v * s) = (x - m) / sqrt(v) / sqrt(s), with no download and no extra
+    layer; the corrected variance is saved with the model.
     """
-    from keras.src.applications import efficientnet as keras_effnet
-
-    calls: list[str] = []
-
-    def local_file(fname: str, *args: object, **kwargs: object) -> str:
-        calls.append(fname)
-        return path
-
-    with mock.patch.object(keras_effnet, "file_utils", types.SimpleNamespace(get_file=local_file)):
-        model = keras.applications.EfficientNetB0(
-            include_top=False, weights="imagenet", input_shape=input_shape
-        )
-    if not calls:
-        raise RuntimeError("EfficientNetB0 did not ask for its weights file; Keras changed?")
+    model = keras.applications.EfficientNetB0(
+        include_top=False, weights=path, input_shape=input_shape
+    )
+    norms = [layer for layer in model.layers if isinstance(layer, keras.layers.Normalization)]
+    if len(norms) != 1:
+        raise RuntimeError(f"EfficientNetB0 has {len(norms)} Normalization layers; Keras changed?")
+    mean, variance, count = norms[0].get_weights()
+    stddev = np.asarray(IMAGENET_STDDEV_RGB, dtype=variance.dtype)
+    norms[0].set_weights([mean, variance * stddev, count])
+    norms[0].finalize_state()  # its cached mean/variance tensors follow the new weights
     return model

@@ -83,7 +83,13 @@ class TransferHyperModel(kt.HyperModel):
     needs_weights: ClassVar[bool] = True
     block_pattern: ClassVar[str] = ""
 
-    def __init__(self, image_size: int, seed: int, weights: WeightsSource | None) -> None:
+    def __init__(
+        self,
+        image_size: int,
+        seed: int,
+        weights: WeightsSource | None,
+        precision: str | None = None,
+    ) -> None:
         super().__init__(name=self.family, tunable=True)
         if weights is None or not weights.available:
             why = weights.reason if weights is not None else "no WeightsSource given"
@@ -93,6 +99,7 @@ class TransferHyperModel(kt.HyperModel):
         self.image_size = int(image_size)
         self.seed = int(seed)
         self.weights = weights
+        self.precision = precision
 
     # ------------------------------------------------------------------ subclass hooks
     def make_backbone(self, input_shape: tuple[int, int, int]) -> keras.Model:
@@ -137,6 +144,10 @@ class TransferHyperModel(kt.HyperModel):
 
     # ------------------------------------------------------------------ model
     def build(self, hp: kt.HyperParameters) -> keras.Model:
+        if self.precision:
+            # Keras-Tuner clears the Keras session (and with it the global dtype policy)
+            # right before each build, so this family's precision is set here.
+            keras.mixed_precision.set_global_policy(self.precision)
         keras.utils.set_random_seed(self.seed)
         v = self.declare(hp)
         s = self.image_size

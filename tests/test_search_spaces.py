@@ -229,6 +229,23 @@ def test_transfer_family_loads_local_weights(family, fixture, arch, kind, stem, 
         assert arch in hm.describe(hp)
 
 
+def test_efficientnet_b0_matches_keras_imagenet_build(keras_weights_dir, monkeypatch):
+    """From a local file, B0 computes what keras.applications builds for weights="imagenet"."""
+    from keras.src.applications import efficientnet as keras_effnet
+
+    path = keras_weights_dir / B0_FILE
+    monkeypatch.setattr(keras_effnet.file_utils, "get_file", lambda *a, **k: str(path))
+    ref = keras.applications.EfficientNetB0(
+        include_top=False, weights="imagenet", input_shape=(SIZE, SIZE, 3)
+    )
+    hm = hypermodel_class("efficientnet")(
+        SIZE, 0, resolve_imagenet_weights("efficientnet", path.parent)
+    )
+    ours = hm.make_backbone((SIZE, SIZE, 3))
+    x = np.random.default_rng(0).random((2, SIZE, SIZE, 3), dtype=np.float32) * 255
+    np.testing.assert_allclose(np.asarray(ours(x)), np.asarray(ref(x)), rtol=1e-4, atol=1e-4)
+
+
 def test_keras_cache_is_used(tmp_path, keras_weights_dir, monkeypatch):
     cache = tmp_path / "kh" / "models"
     cache.mkdir(parents=True)

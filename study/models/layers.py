@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import keras
 
+from study import keras_compat
+
 
 @keras.saving.register_keras_serializable(package="pneumoscope")
 class GrayToRGB(keras.layers.Layer):
@@ -74,7 +76,7 @@ class _LayerwiseLR:
         self._lr_scales = [self.lr_scale_for(v.path) for v in var_list]
 
     def update_step(self, gradient, variable, learning_rate):
-        scale = self._lr_scales[self._get_variable_index(variable)]
+        scale = self._lr_scales[keras_compat.optimizer_variable_index(self, variable)]
         if scale != 1.0:
             learning_rate = learning_rate * scale
         return super().update_step(gradient, variable, learning_rate)

@@ -65,8 +65,11 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
     runnable, skipped, used = {}, {}, {}
     for fam in cfg.families:
         hypermodel = FAMILIES[fam].hypermodel_class()
+        precision = dtype_policy(fam, cfg.precision)
         if not FAMILIES[fam].needs_weights:
-            runnable[fam] = hypermodel(image_size=cfg.image_size, seed=cfg.seed, weights=None)
+            runnable[fam] = hypermodel(
+                image_size=cfg.image_size, seed=cfg.seed, weights=None, precision=precision
+            )
             continue
         src = resolve_imagenet_weights(fam, cfg.weights_dir)
         if not src.available:
@@ -74,7 +77,9 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
             print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
             continue
         used[fam] = f"ImageNet ({src.kind}: {Path(src.path).name})"
-        runnable[fam] = hypermodel(image_size=cfg.image_size, seed=cfg.seed, weights=src)
+        runnable[fam] = hypermodel(
+            image_size=cfg.image_size, seed=cfg.seed, weights=src, precision=precision
+        )
     return runnable, skipped, used
 
 
@@ -97,7 +102,6 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
-        policy = dtype_policy(fam, cfg.precision)
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -110,7 +114,6 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
             cfg.verbose,
             deadline,
             shares[fam],
-            policy,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         train_ds = train_dataset(

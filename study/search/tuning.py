@@ -8,7 +8,6 @@ and progress lines.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import sys
@@ -21,14 +20,10 @@ import keras
 import keras_tuner as kt
 import numpy as np
 
+from study import keras_compat
 from study.search import trial_log
 
 OBJECTIVE = kt.Objective("val_auc", direction="max")
-TUNER_CLASSES = {
-    "hyperband": kt.Hyperband,
-    "bayesian": kt.BayesianOptimization,
-    "random": kt.RandomSearch,
-}
 
 
 def _fmt_time(seconds: float) -> str:
@@ -64,6 +59,17 @@ class StudyProgress:
             self.best, self.best_label = auc, f"{summary['family']}#{summary['trial_id']}"
         return auc
 
+    def trial_done(self, summary: dict[str, Any]) -> None:
+        """Count a finished trial and print its line with the study's best so far."""
+        self.done += 1
+        auc = self.record(summary)
+        self.line(
+            f"trial {self.done}/{self.total_trials} {summary['family']}#{summary['trial_id']} "
+            f"done: val_auc={auc:.4f} epochs={summary['epochs_run']} ({summary['verdict']}) "
+            f"best={self.best:.4f} ({self.best_label}) "
+            f"elapsed={_fmt_time(time.monotonic() - self.start)} eta={self.eta()}"
+        )
+
     def eta(self) -> str:
         ran = self.done - self.resumed
         if ran <= 0:
@@ -76,31 +82,29 @@ class StudyProgress:
 
 
 class ProgressLine(keras.callbacks.Callback):
-    """One line per epoch: trial i/N, family, key hyperparameters, val AUC, best, time, ETA."""
+    """One line per epoch: trial i/N, family, key hyperparameters, epoch val AUC, best, ETA.
 
-    def __init__(
-        self, progress: StudyProgress, family: str, trial_id: str, summary: str, epochs: int
-    ) -> None:
+    ``best=`` is the study objective of finished trials only (``StudyProgress.best``);
+    the epoch's binned Keras AUC is shown apart as ``epoch_val_auc=`` and never mixed in.
+    """
+
+    def __init__(self, progress: StudyProgress, family: str, trial_id: str, summary: str) -> None:
         super().__init__()
-        self.p, self.family, self.trial_id, self.summary, self.epochs = (
-            progress,
-            family,
-            trial_id,
-            summary,
-            epochs,
-        )
-        self.trial_best = float("nan")
+        self.p, self.family, self.trial_id, self.summary = progress, family, trial_id, summary
+
+    def __deepcopy__(self, memo: dict) -> ProgressLine:
+        # Keras-Tuner deep-copies a trial's callbacks; this one must keep sharing the
+        # study's progress (and its output stream), and is made per trial anyway.
+        return self
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        logs = logs or {}
-        auc = float(logs.get("val_auc", float("nan")))
-        self.trial_best = float(np.nanmax([self.trial_best, auc]))
-        best = float(np.nanmax([self.p.best, self.trial_best]))
-        self.p.line(
-            f"trial {self.p.done + 1}/{self.p.total_trials} {self.family}#{self.trial_id} "
-            f"[{self.summary}] epoch {epoch + 1}/{self.epochs} val_auc={auc:.4f} "
-            f"best={best:.4f} elapsed={_fmt_time(time.monotonic() - self.p.start)} "
-            f"eta={self.p.eta()}"
+        auc = float((logs or {}).get("val_auc", float("nan")))
+        p = self.p
+        p.line(
+            f"trial {p.done + 1}/{p.total_trials} {self.family}#{self.trial_id} "
+            f"[{self.summary}] epoch {epoch + 1}/{self.params.get('epochs', '?')} "
+            f"epoch_val_auc={auc:.4f} best={p.best:.4f} "
+            f"elapsed={_fmt_time(time.monotonic() - p.start)} eta={p.eta()}"
         )
 
 
@@ -108,7 +112,7 @@ class ResumableTrial(keras.callbacks.BackupAndRestore):
     """BackupAndRestore that never turns a half-written backup into a failed trial.
 
     A kill while the first backup is written leaves nothing to fall back on;
-    the trial then restarts from epoch 0 instead of failing.
+    the trial then restarts from its first epoch instead of failing.
     """
 
     def __init__(self, backup_dir: Path) -> None:
@@ -122,7 +126,7 @@ class ResumableTrial(keras.callbacks.BackupAndRestore):
                 f"backup in {self.backup_dir} unreadable ({exc}); restarting this trial", flush=True
             )
             shutil.rmtree(self.backup_dir, ignore_errors=True)
-            self.model._initial_epoch = 0
+            keras_compat.forget_restored_epoch(self.model)
 
 
 @dataclass
@@ -140,104 +144,137 @@ class TrialContext:
     verbose: int
     deadline: float | None  # time.monotonic() value after which no trial starts
     budget: int
-    precision: str = "float32"  # Keras dtype policy for this family's models
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.study_dir / "trials" / f"{self.family}-{trial_id}"
 
 
-class StudyTunerMixin:
-    """Adds the study's callbacks and per-trial artifacts to any Keras-Tuner tuner."""
+class TrialArtifacts(keras.callbacks.Callback):
+    """Writes a finished trial's artifacts from the kept (best-epoch) model.
 
-    ctx: TrialContext
+    It runs at ``on_train_end`` after ``EarlyStopping(restore_best_weights=True)`` has
+    put the best epoch's weights back: validation predictions, ``best.keras`` and
+    ``trial.json``; then it counts the trial in the study's progress.
+    """
 
-    def pre_create_trial(self) -> None:
-        # A deadline or a finished budget makes the oracle answer STOPPED.
-        oracle = self.oracle
-        if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
-            oracle.max_trials = len(oracle.trials)
-            self.ctx.progress.line(f"time budget reached: no new {self.ctx.family} trial")
+    def __init__(
+        self, ctx: TrialContext, trial: kt.engine.trial.Trial, epochs_planned: int, started: float
+    ) -> None:
+        super().__init__()
+        self.ctx, self.trial = ctx, trial
+        self.epochs_planned, self.started = epochs_planned, started
 
-    def _build_hypermodel(self, hp: kt.HyperParameters) -> keras.Model:
-        # Keras-Tuner clears the Keras session before every build, which also resets the
-        # global dtype policy: set this family's precision again right before building.
-        keras.mixed_precision.set_global_policy(self.ctx.precision)
-        return super()._build_hypermodel(hp)
+    def __deepcopy__(self, memo: dict) -> TrialArtifacts:
+        # Keras-Tuner deep-copies a trial's callbacks; this one holds the shared progress
+        # and the validation data, and is made per trial anyway.
+        return self
 
-    def _build_and_fit_model(self, trial: kt.engine.trial.Trial, *args, **kwargs):
-        hp = trial.hyperparameters
-        trial_dir = self.ctx.study_dir / "trials" / f"{self.ctx.family}-{trial.trial_id}"
-        trial_dir.mkdir(parents=True, exist_ok=True)
-        epochs = int(kwargs.get("epochs", 1))
-        describe = getattr(self.hypermodel, "describe", lambda h: "")
-        kwargs["callbacks"] = list(kwargs.get("callbacks", [])) + [
-            keras.callbacks.EarlyStopping(
-                monitor="val_auc", mode="max", patience=self.ctx.patience, restore_best_weights=True
-            ),
-            # Backup before the CSV row: a row on disk means its epoch can be resumed.
-            ResumableTrial(trial_dir / "backup"),
-            keras.callbacks.CSVLogger(str(trial_dir / "history.csv"), append=True),
-            ProgressLine(self.ctx.progress, self.ctx.family, trial.trial_id, describe(hp), epochs),
-        ]
-        kwargs["verbose"] = self.ctx.verbose
-        t0 = time.monotonic()
-        model = self._try_build(hp)
-        history = self.hypermodel.fit(hp, model, *args, **kwargs)
-        # Hyperband rebuilds a promoted trial from its predecessor's build config and
-        # best-epoch checkpoint; Keras-Tuner's own fit path writes the former, so do we.
-        Path(self._get_build_config_fname(trial.trial_id)).write_text(
-            json.dumps(model.get_build_config())
-        )
-        seconds = time.monotonic() - t0
-        probs = model.predict(self.ctx.val_ds, verbose=0).reshape(-1)
-        model.save(trial_dir / "best.keras")
+    def on_train_end(self, logs: dict | None = None) -> None:
+        ctx, trial = self.ctx, self.trial
+        seconds = time.monotonic() - self.started
+        trial_dir = ctx.trial_dir(trial.trial_id)
+        probs = self.model.predict(ctx.val_ds, verbose=0).reshape(-1)
+        self.model.save(trial_dir / "best.keras")
         summary = trial_log.write_trial(
             trial_dir,
-            family=self.ctx.family,
+            family=ctx.family,
             trial_id=trial.trial_id,
-            hyperparameters=dict(hp.values),
-            # A promoted Hyperband trial continues from its predecessor at initial_epoch.
-            epochs_planned=epochs - int(kwargs.get("initial_epoch", 0)),
+            hyperparameters=dict(trial.hyperparameters.values),
+            epochs_planned=self.epochs_planned,
             seconds=seconds,
-            params=int(model.count_params()),
-            val_paths=self.ctx.val_paths,
-            val_labels=self.ctx.val_labels,
+            params=int(self.model.count_params()),
+            val_paths=ctx.val_paths,
+            val_labels=ctx.val_labels,
             val_probs=probs,
-            weights=self.ctx.weights,
+            weights=ctx.weights,
             worker=os.environ.get("KERASTUNER_TUNER_ID", "single"),
-            precision=keras.mixed_precision.global_policy().name,
+            precision=self.model.dtype_policy.name,
         )
-        self._count(summary)
-        return history
+        ctx.progress.trial_done(summary)
 
-    def _count(self, summary: dict) -> None:
-        p = self.ctx.progress
-        p.done += 1
-        auc = p.record(summary)
-        p.line(
-            f"trial {p.done}/{p.total_trials} {summary['family']}#{summary['trial_id']} done: "
-            f"val_auc={auc:.4f} epochs={summary['epochs_run']} ({summary['verdict']}) "
-            f"best={p.best:.4f} ({p.best_label}) elapsed={_fmt_time(time.monotonic() - p.start)} "
-            f"eta={p.eta()}"
-        )
+
+def trial_callbacks(
+    ctx: TrialContext, trial: kt.engine.trial.Trial, describe: str, epochs_planned: int
+) -> list[keras.callbacks.Callback]:
+    """The study's callbacks for one trial, in the order their ``on_train_end`` must run."""
+    trial_dir = ctx.trial_dir(trial.trial_id)
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    return [
+        keras.callbacks.EarlyStopping(
+            monitor="val_auc", mode="max", patience=ctx.patience, restore_best_weights=True
+        ),
+        # Backup before the CSV row: a row on disk means its epoch can be resumed.
+        ResumableTrial(trial_dir / "backup"),
+        keras.callbacks.CSVLogger(str(trial_dir / "history.csv"), append=True),
+        ProgressLine(ctx.progress, ctx.family, trial.trial_id, describe),
+        # Last: the best weights are back and history.csv is complete and closed.
+        TrialArtifacts(ctx, trial, epochs_planned, time.monotonic()),
+    ]
+
+
+class StudyTuner(kt.Tuner):
+    """The study's additions to a Keras-Tuner tuner, through its public hooks only.
+
+    Named tuners list it *after* the search algorithm's class, so the algorithm's own
+    ``run_trial`` (Hyperband's ``epochs``/``initial_epoch`` for a promoted trial) has
+    set the fit arguments before :meth:`run_trial` here reads them.
+    """
+
+    def __init__(self, *args: Any, ctx: TrialContext, **kwargs: Any) -> None:
+        self.ctx = ctx
+        super().__init__(*args, **kwargs)
+
+    def pre_create_trial(self) -> None:
+        """A passed deadline makes the oracle answer STOPPED: no new trial starts."""
+        if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
+            keras_compat.stop_new_trials(self.oracle)
+            self.ctx.progress.line(f"time budget reached: no new {self.ctx.family} trial")
+
+    def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
+        """Keras-Tuner's run_trial (build, fit, best-epoch checkpoint) plus our callbacks."""
+        # A promoted Hyperband trial continues from its predecessor at initial_epoch.
+        planned = int(kwargs.get("epochs", 1)) - int(kwargs.get("initial_epoch", 0))
+        describe = getattr(self.hypermodel, "describe", lambda hp: "")(trial.hyperparameters)
+        study = trial_callbacks(self.ctx, trial, describe, planned)
+        kwargs["callbacks"] = [*kwargs.get("callbacks", []), *study]
+        kwargs["verbose"] = self.ctx.verbose
+        return super().run_trial(trial, *args, **kwargs)
+
+
+class StudyHyperband(kt.Hyperband, StudyTuner):
+    """Hyperband with the study's callbacks, artifacts and deadline."""
+
+
+class StudyBayesianOptimization(kt.BayesianOptimization, StudyTuner):
+    """Bayesian optimisation with the study's callbacks, artifacts and deadline."""
+
+
+class StudyRandomSearch(kt.RandomSearch, StudyTuner):
+    """Random search with the study's callbacks, artifacts and deadline."""
+
+
+TUNER_CLASSES: dict[str, type[StudyTuner]] = {
+    "hyperband": StudyHyperband,
+    "bayesian": StudyBayesianOptimization,
+    "random": StudyRandomSearch,
+}
 
 
 def make_tuner(
     kind: str, hypermodel: kt.HyperModel, ctx: TrialContext, max_epochs: int, seed: int
-) -> kt.Tuner:
+) -> StudyTuner:
     """A tuner of ``kind`` whose state lives in results/<study>/tuner/<family> (resumable)."""
-    base = TUNER_CLASSES[kind]
-    cls = type(f"Study{base.__name__}", (StudyTunerMixin, base), {})
-    common = dict(
+    common: dict[str, Any] = dict(
         hypermodel=hypermodel,
         objective=OBJECTIVE,
         seed=seed,
         overwrite=False,
         directory=str(ctx.study_dir / "tuner"),
         project_name=ctx.family,
+        ctx=ctx,
     )
-    if kind == "hyperband":
-        tuner = cls(max_epochs=max_epochs, factor=3, **common)
-    else:
-        tuner = cls(max_trials=ctx.budget, **common)
-    tuner.ctx = ctx
-    # Hyperband has no trial cap of its own; the oracle honours max_trials in create_trial.
-    tuner.oracle.max_trials = ctx.budget
+    if kind != "hyperband":
+        return TUNER_CLASSES[kind](max_trials=ctx.budget, **common)
+    tuner = StudyHyperband(max_epochs=max_epochs, factor=3, **common)
+    keras_compat.cap_trials(tuner.oracle, ctx.budget)
     return tuner
