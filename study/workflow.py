@@ -54,7 +54,7 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     if not lead:
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
         return {"role": role}
-    from study.select.stats import fmt_duration
+    from study.fmt import fmt_duration
     from study.select.winner import finish_study, write_summary
 
     summary = finish_study(cfg, data, outcome.skipped, outcome.used)

@@ -8,7 +8,8 @@ nothing is imported or executed. The rules:
 (b) Within the study, stages are ordered data < models < search < select < report:
     a stage imports its own or a lower stage at run time, never a higher one, and
     never the modules that drive or expose the stages (study.config, study.cli,
-    study.workflow, study.serving). Anyone may import ``study.paths``. Neither the
+    study.workflow, study.serving). Anyone may import the foundation modules
+    ``study.paths``, ``study.fmt`` and ``study.keras_compat``. Neither the
     study nor ``search_spaces`` imports the service.
 (c) ``search_spaces`` imports from the study only ``study.models`` and ``study.paths``.
 (d) The package-level graph (each stage, each top-level study module,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import roc_auc_score
 
+from study.fmt import fmt_duration
 from study.select import stats
 
 
@@ -436,7 +437,7 @@ def test_one_p_value_and_duration_format() -> None:
     assert stats.fmt_p(0.0004, prefix=False) == "< 0.001"
     assert stats.fmt_p(0.214, prefix=False) == "0.21"
     assert stats.fmt_p(None) == stats.fmt_p(float("nan")) == "-"
-    assert [stats.fmt_duration(s) for s in (7.9, 247, 3900, None)] == [
+    assert [fmt_duration(s) for s in (7.9, 247, 3900, None)] == [
         "0m07s",
         "4m07s",
         "1h05m",

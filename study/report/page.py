@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from study.fmt import fmt_duration
 from study.paths import REPO
 from study.report import figures as rf
 from study.search.trial_log import (
@@ -220,7 +221,7 @@ def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
         "recall": val.get("recall"),
         "specificity": val.get("specificity"),
         "seconds": t.get("seconds"),
-        "time": stats.fmt_duration(t.get("seconds")),
+        "time": fmt_duration(t.get("seconds")),
         "params": t.get("params"),
         "verdict": verdict,
         "verdict_reason": reason,
@@ -573,7 +574,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": len(board["rows"]),
-        "study_seconds": stats.fmt_duration(
+        "study_seconds": fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),
     }

@@ -21,16 +21,10 @@ import keras_tuner as kt
 import numpy as np
 
 from study import keras_compat
+from study.fmt import fmt_duration
 from study.search import trial_log
 
 OBJECTIVE = kt.Objective("val_auc", direction="max")
-
-
-def _fmt_time(seconds: float) -> str:
-    seconds = int(max(0, seconds))
-    h, rem = divmod(seconds, 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 @dataclass
@@ -67,7 +61,7 @@ class StudyProgress:
             f"trial {self.done}/{self.total_trials} {summary['family']}#{summary['trial_id']} "
             f"done: val_auc={auc:.4f} epochs={summary['epochs_run']} ({summary['verdict']}) "
             f"best={self.best:.4f} ({self.best_label}) "
-            f"elapsed={_fmt_time(time.monotonic() - self.start)} eta={self.eta()}"
+            f"elapsed={fmt_duration(time.monotonic() - self.start)} eta={self.eta()}"
         )
 
     def eta(self) -> str:
@@ -75,7 +69,7 @@ class StudyProgress:
         if ran <= 0:
             return "?"
         per = (time.monotonic() - self.start) / ran
-        return _fmt_time(per * max(0, self.total_trials - self.done))
+        return fmt_duration(per * max(0, self.total_trials - self.done))
 
     def line(self, text: str) -> None:
         print(text, file=self.stream, flush=True)
@@ -104,7 +98,7 @@ class ProgressLine(keras.callbacks.Callback):
             f"trial {p.done + 1}/{p.total_trials} {self.family}#{self.trial_id} "
             f"[{self.summary}] epoch {epoch + 1}/{self.params.get('epochs', '?')} "
             f"epoch_val_auc={auc:.4f} best={p.best:.4f} "
-            f"elapsed={_fmt_time(time.monotonic() - p.start)} eta={p.eta()}"
+            f"elapsed={fmt_duration(time.monotonic() - p.start)} eta={p.eta()}"
         )
 
 

@@ -23,7 +23,7 @@ can be traced to one function:
 * :func:`holm`: adjusted p-values when several pairwise tests are read together.
 * :func:`verdict`: one plain-language sentence per test, so the report never
   calls a difference "better" without a p-value beside it.
-* :func:`fmt_p` and :func:`fmt_duration`: the one way a p-value or a wall time is
+* :func:`fmt_p`: the one way a p-value is
   written, in the report's sentences, its tables and the progress lines.
 * :func:`calibration` and :func:`effect_size`: reliability curve and the error
   analysis (do errors differ from correct cases in intensity, contrast, ...?).
@@ -621,15 +621,6 @@ def fmt_p(p: float | None, *, prefix: bool = True) -> str:
         return "-"
     text = "< 0.001" if p < 0.001 else f"= {p:.3f}" if p < 0.01 else f"= {p:.2f}"
     return f"p {text}" if prefix else text.removeprefix("= ")
-
-
-def fmt_duration(seconds: float | None) -> str:
-    """Wall time as the progress lines and the report write it: 1h05m, or 4m07s under an hour."""
-    if seconds is None or not math.isfinite(seconds):
-        return "-"
-    h, rem = divmod(int(max(0.0, seconds)), 3600)
-    m, s = divmod(rem, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
 def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float = 0.05) -> str:
