@@ -291,3 +291,46 @@ def test_the_rules_catch_violations() -> None:
     assert stage_violations(loop[:1]) == [
         "study/cli.py:1: study.cli imports the service (service.api)"
     ]
+
+
+MAX_FUNCTION_LINES = 60
+
+
+def _code_lines(node: ast.FunctionDef | ast.AsyncFunctionDef, lines: list[str]) -> int:
+    """Lines of code in a function: no blank lines, comments or docstring."""
+    skip: set[int] = set()
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        skip.update(range(body[0].lineno, body[0].end_lineno + 1))
+    return sum(
+        1
+        for n in range(node.lineno, node.end_lineno + 1)
+        if n not in skip and lines[n - 1].strip() and not lines[n - 1].strip().startswith("#")
+    )
+
+
+def long_functions(source: str, where: str) -> list[str]:
+    lines = source.splitlines()
+    return [
+        f"{where}:{n.lineno} {n.name} has {count} lines of code"
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)
+        and (count := _code_lines(n, lines)) > MAX_FUNCTION_LINES
+    ]
+
+
+def test_no_function_outside_tests_exceeds_60_lines_of_code() -> None:
+    files = [p for root in (*ROOTS, "benchmarks") for p in (REPO / root).rglob("*.py")]
+    found = [
+        msg
+        for path in files
+        for msg in long_functions(path.read_text(), str(path.relative_to(REPO)))
+    ]
+    assert not found, "\n".join(found)
+
+
+def test_long_function_check_can_fail() -> None:
+    body = "\n".join(f"    x{i} = {i}  # a comment\n\n    # another" for i in range(59))
+    assert long_functions(f'def f():\n    """Doc."""\n{body}\n', "m.py") == []
+    longer = f"{body}\n    y = 1\n    z = 2"
+    assert long_functions(f"def g():\n{longer}\n", "m.py") == ["m.py:1 g has 62 lines of code"]
