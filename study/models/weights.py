@@ -14,6 +14,10 @@ resnet:        ``resnet50v2_..._notop.h5`` then ``resnet50_..._notop.h5``, first
 efficientnet:  ``efficientnetb0_notop.h5`` in the same two places, else the converted
                EfficientNet-Lite0 weights from :func:`study.models.offline_weights.locate_weights`
                (kind ``offline-efficientnet-lite0``).
+
+A notop file may hold either Keras layout (the legacy one keras.applications downloads, or
+Keras 3's ``save_weights`` one copied under the standard name); :func:`keras_loadable` lets
+Keras read both.
 """
 
 from __future__ import annotations
