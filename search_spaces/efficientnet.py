@@ -14,6 +14,7 @@ import keras
 import numpy as np
 
 from search_spaces.resnet import TransferHyperModel
+from study.models.weights import keras_loadable
 
 # The per-channel (RGB) ImageNet standard deviations Keras' EfficientNet stem corrects for.
 IMAGENET_STDDEV_RGB = (0.229, 0.224, 0.225)
@@ -35,7 +36,8 @@ class EfficientNetHyperModel(TransferHyperModel):
                 "lite0", input_shape=input_shape, include_top=False, weights=path, pooling=None
             )
         if arch == "EfficientNetB0":
-            return _keras_efficientnet_b0(input_shape, str(path))
+            with keras_loadable(path) as loadable:
+                return _keras_efficientnet_b0(input_shape, str(loadable))
         raise ValueError(f"efficientnet family cannot use {arch} weights")
 
     def make_preprocess(self) -> keras.layers.Layer | None:

@@ -32,7 +32,7 @@ import keras_tuner as kt
 
 from study.models.layers import GrayToRGB, LayerwiseAdam, LayerwiseAdamW
 from study.models.metrics import compile_metrics
-from study.models.weights import WeightsSource, WeightsUnavailableError
+from study.models.weights import WeightsSource, WeightsUnavailableError, keras_loadable
 
 FINE_TUNE_BLOCKS = [0, 1, 3, 6]
 HEAD_PREFIX = "head_"
@@ -220,7 +220,8 @@ class ResNetHyperModel(TransferHyperModel):
         if ctor is None:
             raise ValueError(f"resnet family cannot use {arch} weights")
         # A path (not "imagenet") makes Keras load the file directly: no download attempt.
-        return ctor(include_top=False, weights=str(self.weights.path), input_shape=input_shape)
+        with keras_loadable(self.weights.path) as path:
+            return ctor(include_top=False, weights=str(path), input_shape=input_shape)
 
     def make_preprocess(self) -> keras.layers.Layer:
         if self.weights.architecture == "ResNet50V2":

@@ -92,22 +92,40 @@ def tiny_study_args(data_dir: Path, root: Path, name: str = "tiny", budget: int 
     ]
 
 
-@pytest.fixture(scope="session")
-def tiny_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Run one tiny study in a subprocess (as a user would) and return results/<study>."""
+def study_env(root: Path) -> dict[str, str]:
+    """The environment of a study subprocess, with its own empty Keras cache under ``root``.
+
+    Why: transfer families also take weights from ``$KERAS_HOME/models`` (else
+    ``~/.keras/models``), so weights cached on the machine would decide which families run.
+    """
+    keras_home = root / "keras_home"
+    keras_home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "KERAS_HOME": str(keras_home)}
+
+
+def run_study_cli(args: list[str], root: Path, timeout: int = 1200) -> str:
+    """``python run_study.py ARGS`` as a user runs it (isolated Keras cache); its stdout."""
     import subprocess
     import sys
 
-    root = tmp_path_factory.mktemp("tiny_study")
     proc = subprocess.run(
-        [sys.executable, str(REPO / "run_study.py"), *tiny_study_args(data_dir, root)],
+        [sys.executable, str(REPO / "run_study.py"), *args],
         cwd=REPO,
+        env=study_env(root),
         capture_output=True,
         text=True,
-        timeout=1200,
+        timeout=timeout,
     )
     (root / "study.log").write_text(proc.stdout + "\n" + proc.stderr)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout
+
+
+@pytest.fixture(scope="session")
+def tiny_study(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Run one tiny study in a subprocess (as a user would) and return results/<study>."""
+    root = tmp_path_factory.mktemp("tiny_study")
+    run_study_cli(tiny_study_args(data_dir, root), root)
     return root / "results" / "tiny"
 
 

@@ -13,13 +13,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REPO, tiny_study_args
+from tests.conftest import REPO, study_env, tiny_study_args
 
 PY = sys.executable
 
 
-def _run(args: list[str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([PY, *args], cwd=REPO, capture_output=True, text=True, timeout=timeout)
+def _run(
+    args: list[str], timeout: int = 600, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [PY, *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout
+    )
 
 
 def test_tiny_study_writes_everything(tiny_study: Path) -> None:
@@ -131,8 +135,13 @@ def test_study_resumes_after_kill(data_dir: Path, tmp_path: Path) -> None:
     args[args.index("--steps-per-epoch") + 1] = "25"
     args[args.index("--patience") + 1] = "5"
     study = tmp_path / "results" / "resume"
+    env = study_env(tmp_path)  # transfer families skipped whatever ~/.keras holds
     proc = subprocess.Popen(
-        [PY, "run_study.py", *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        [PY, "run_study.py", *args],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     first = study / "trials" / "custom_cnn-0" / "trial.json"
     second_hist = study / "trials" / "custom_cnn-1" / "history.csv"
@@ -148,7 +157,7 @@ def test_study_resumes_after_kill(data_dir: Path, tmp_path: Path) -> None:
     finally:
         proc.wait()
     first_mtime = first.stat().st_mtime_ns
-    out = _run(["run_study.py", *args], timeout=900)
+    out = _run(["run_study.py", *args], timeout=900, env=env)
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "resuming study" in out.stdout
     assert first.stat().st_mtime_ns == first_mtime, "a finished trial was rerun"

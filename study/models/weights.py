@@ -14,11 +14,18 @@ resnet:        ``resnet50v2_..._notop.h5`` then ``resnet50_..._notop.h5``, first
 efficientnet:  ``efficientnetb0_notop.h5`` in the same two places, else the converted
                EfficientNet-Lite0 weights from :func:`study.models.offline_weights.locate_weights`
                (kind ``offline-efficientnet-lite0``).
+
+A notop file may hold either Keras layout (the legacy one keras.applications downloads, or
+Keras 3's ``save_weights`` one copied under the standard name); :func:`keras_loadable` lets
+Keras read both.
 """
 
 from __future__ import annotations
 
 import os
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -90,6 +97,33 @@ def _find_keras_file(family: str, weights_dir: Path) -> WeightsSource | None:
             if cached.is_file():
                 return WeightsSource(family, True, "keras.applications", cached, arch)
     return None
+
+
+@contextmanager
+def keras_loadable(path: Path) -> Iterator[Path]:
+    """``path``, or a ``*.weights.h5`` link to it when the file holds Keras 3's own layout.
+
+    Why: Keras chooses its reader by file name. ``*.h5`` is read as the legacy layout that
+    keras.applications downloads; ``*.weights.h5`` as the layout Keras 3's ``save_weights``
+    writes (and ``save_weights`` refuses any other name). A Keras 3 file copied under a standard
+    notop name would fail with "found 0 saved layers", so the layout is read from the file.
+    """
+    path = Path(path)
+    if path.name.endswith(".weights.h5") or not _has_keras3_layout(path):
+        yield path
+        return
+    with tempfile.TemporaryDirectory(prefix="pneumoscope-weights-") as tmp:
+        link = Path(tmp) / f"{path.stem}.weights.h5"
+        link.symlink_to(path.resolve())
+        yield link
+
+
+def _has_keras3_layout(path: Path) -> bool:
+    """Keras 3 ``save_weights`` files have a ``layers`` group and no legacy ``layer_names``."""
+    import h5py
+
+    with h5py.File(path, "r") as f:
+        return "layer_names" not in f.attrs and "model_weights" not in f and "layers" in f
 
 
 def resolve_imagenet_weights(family: str, weights_dir: Path | None) -> WeightsSource:
