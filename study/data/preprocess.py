@@ -257,10 +257,19 @@ def scale(img: Any) -> Any:
     return tf.cast(img, tf.float32) * tf.constant(SCALE)
 
 
+def windowed(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Steps 2-3: the 8-bit grey image a device produced (where shift corruptions apply)."""
+    return window(to_grayscale(pixels), cfg.window_percentiles)
+
+
+def finish(img: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
+    """Steps 4-5 on a windowed uint8 image: what the model sees of it."""
+    return resize(normalise(img, cfg), cfg.image_size, cfg.resize)
+
+
 def prepare_pixels(pixels: np.ndarray, cfg: PreprocessConfig) -> np.ndarray:
     """Steps 2-5 on decoded pixels: the uint8 HxW image that the cache stores."""
-    gray = to_grayscale(pixels)
-    return resize(normalise(window(gray, cfg.window_percentiles), cfg), cfg.image_size, cfg.resize)
+    return finish(windowed(pixels, cfg), cfg)
 
 
 def prepare(data: bytes, cfg: PreprocessConfig) -> np.ndarray:
