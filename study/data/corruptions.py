@@ -84,10 +84,10 @@ def exposure(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.nda
 
 
 def contrast(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndarray:
-    """Another display window: flat (contrast x c around the mean) or hard (x 1/c, clipped)."""
+    """Another display window: flatter or harder contrast around the mean (clipped)."""
     p = params(Corruption.CONTRAST, img, severity)
     flat = rng.random() < 0.5
-    c = p[0] if flat else 1.0 / p[0]
+    c = p[0] if flat else p[1]
     mean = float(img.mean())
     return _to_u8(mean + (img.astype(np.float32) - mean) * c)
 
@@ -164,7 +164,7 @@ def markers(img: np.ndarray, severity: int, rng: np.random.Generator) -> np.ndar
     n_items, size = int(p[0]), p[1]
     # Draw every random number up front so severity changes only how much is drawn.
     spots = rng.uniform(0.05, 0.8, size=(4, 2)) * np.array([w, h])
-    words = rng.choice(len(_WORDS), size=4)
+    words = rng.choice(len(_WORDS), size=4, replace=False)
     side = "L" if rng.random() < 0.5 else "R"
     out = img.copy()
     scale, thick = size * s / 300.0, max(1, round(size * s / 150.0))
@@ -186,13 +186,13 @@ TABLE: dict[Corruption, Severities] = {
         ((0.7, 1.4), (0.5, 2.0), (0.35, 2.8)), "gamma if brightened / if darkened (50:50)"
     ),
     Corruption.CONTRAST: Severities(
-        ((0.75,), (0.55,), (0.4,)), "contrast factor c (flat) or 1/c (hard, clipped), 50:50"
+        ((0.75, 1.15), (0.55, 1.3), (0.4, 1.5)), "contrast factor if flatter / if harder (50:50)"
     ),
     Corruption.BLUR_SHARPEN: Severities(
-        ((0.004, 0.8), (0.008, 1.5), (0.014, 2.5)),
+        ((0.004, 0.5), (0.008, 0.9), (0.014, 1.4)),
         "Gaussian sigma (fraction of short side); unsharp-mask amount if sharpened (50:50)",
     ),
-    Corruption.NOISE: Severities(((0.03,), (0.06,), (0.10,)), "noise std at white (of range)"),
+    Corruption.NOISE: Severities(((0.03,), (0.05,), (0.08,)), "noise std at white (of range)"),
     Corruption.JPEG: Severities(((40,), (20,), (10,)), "JPEG quality"),
     Corruption.RESOLUTION: Severities(((2,), (3,), (4,)), "downsampling factor"),
     Corruption.COLLIMATION: Severities(
@@ -202,7 +202,7 @@ TABLE: dict[Corruption, Severities] = {
         ((3, 0.95), (6, 0.88), (10, 0.8)), "rotation in degrees; zoom-out scale"
     ),
     Corruption.MARKERS: Severities(
-        ((1, 0.6), (2, 0.9), (4, 1.2)), "number of burned-in items; relative glyph size"
+        ((1, 0.6), (2, 0.8), (4, 1.0)), "number of burned-in items; relative glyph size"
     ),
 }
 

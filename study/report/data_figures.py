@@ -19,9 +19,11 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from study.data.audit import AuditReport
-from study.data.preprocess import PreprocessConfig, steps
+from study.data.corruptions import SEVERITIES, Corruption, corrupt
+from study.data.preprocess import PreprocessConfig, decode, steps, windowed
 from study.data.preview import grey_preview
 from study.data.records import CLASS_NAMES, SPLITS, ImageRecord, SplitPlan
+from study.data.shift import condition_rng
 
 COLOURS = {"NORMAL": "#1f77b4", "PNEUMONIA": "#d62728"}
 DPI = 110
@@ -202,3 +204,27 @@ def write_data_figures(
     if example is not None:
         paths.append(preprocessing_steps(example, cfg, figures_dir / "preprocessing.png"))
     return paths
+
+
+def corruption_gallery(image_path: str | Path, cfg: PreprocessConfig, out_png: Path) -> Path:
+    """One X-ray under each shift corruption x severity, as the device would have produced it.
+
+    Shows the corrupted 8-bit image (before normalise/resize), to check by eye that each
+    corruption looks like a plausible other hospital, not an absurd artefact.
+    """
+    base = windowed(decode(Path(image_path).read_bytes()).pixels, cfg)
+    fig = Figure(layout="constrained", figsize=(2.0 * (1 + len(SEVERITIES)), 2.1 * len(Corruption)))
+    axes = fig.subplots(len(Corruption), 1 + len(SEVERITIES), squeeze=False)
+    for row, name in enumerate(Corruption):
+        shown = [("clean", base)]
+        for s in SEVERITIES:
+            img = corrupt(base, name, s, condition_rng(SAMPLE_SEED, name, 0))
+            shown.append((f"severity {s}", img))
+        for col, (title, img) in enumerate(shown):
+            ax = axes[row, col]
+            ax.imshow(img, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{name}: {title}" if col else title, fontsize=8)
+            ax.set_xticks([])
+            ax.set_yticks([])
+    fig.suptitle(f"Shift corruptions (before normalise/resize): {Path(image_path).name}")
+    return _save(fig, out_png)
