@@ -15,9 +15,8 @@ from pathlib import Path
 import h5py
 import keras
 
+from study.models.offline_weights import weights_filename
 from study.models.weights import KERAS_NOTOP_FILES, WeightsSource
-
-LITE0_FILE = "efficientnet_lite0_imagenet.weights.h5"
 
 
 def _write_resnet(weights_dir: Path) -> WeightsSource:
@@ -35,7 +34,7 @@ def _write_resnet(weights_dir: Path) -> WeightsSource:
 def _write_lite0(weights_dir: Path, image_size: int) -> WeightsSource:
     from study.models.efficientnet_lite import build_efficientnet_lite
 
-    path = weights_dir / LITE0_FILE
+    path = weights_dir / weights_filename("lite0")
     if not path.is_file():
         full = build_efficientnet_lite("lite0", (image_size, image_size, 3), include_top=True)
         full.save_weights(path)
