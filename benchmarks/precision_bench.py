@@ -28,9 +28,9 @@ from search_spaces import DTYPE_POLICIES, FAMILY_NAMES
 BATCH = 32
 BF16, F32 = "mixed_bfloat16", "float32"
 MIN_SPEEDUP = 1.05  # geometric-mean float32/bf16 step-time ratio needed to choose bf16
-_TRANSFER = {"optimizer": "adam", "head_units": 128, "dropout": 0.2, "learning_rate": 1e-3}
-_CNN = {"kernel_size": 3, "downsample": "max", "head": "gap", "dropout": 0.2}
-_CNN.update({"optimizer": "adam", "learning_rate": 1e-3})
+_SHARED = {"optimizer": "adam", "learning_rate": 1e-3, "dropout": 0.2}
+_TRANSFER = {**_SHARED, "head_units": 128}
+_CNN = {**_SHARED, "kernel_size": 3, "downsample": "max", "head": "gap"}
 
 
 def _transfer_points(backbone: str) -> dict[str, dict[str, Any]]:
@@ -73,7 +73,7 @@ POINTS: dict[str, dict[str, dict[str, Any]]] = {
             "dense_units": 128,
             "kernel_size": 5,
         },
-    },  # fmt: skip
+    },
     "resnet": _transfer_points("ResNet50V2"),
     "efficientnet": _transfer_points("Lite0"),
 }
