@@ -26,8 +26,8 @@ test: venv
 lint: venv
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
 
+# No weights needed: the benchmarks time random-init backbones.
 benchmark: venv
-	$(BIN)/python run_study.py weights fetch-offline
 	$(BIN)/python -m benchmarks --data-dir $(DATA_DIR)
 
 serve: venv

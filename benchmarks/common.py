@@ -1,4 +1,8 @@
-"""Write a benchmark's numbers as JSON plus a Markdown table under benchmarks/results/."""
+"""Write a benchmark's numbers as JSON plus a Markdown table under benchmarks/results/.
+
+Every result records the machine and its load average at the start and the end of the
+run (a shared, busy machine skews timings; the reader must be able to see it).
+"""
 
 from __future__ import annotations
 
@@ -6,32 +10,42 @@ import json
 import os
 import platform
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
-def machine() -> dict[str, Any]:
+def load_average() -> list[float]:
+    """The 1-, 5- and 15-minute load averages, rounded for the record."""
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def machine(load_start: list[float]) -> dict[str, Any]:
+    """CPU count, Python, time and the load average at ``load_start`` and now."""
+    end = load_average()
     return {
         "cpus": os.cpu_count(),
         "python": platform.python_version(),
         "when": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-        "load_average": os.getloadavg()[0],
+        "load_average_start": load_start,
+        "load_average_end": end,
+        "load_average": end[0],
     }
 
 
-def write(
-    name: str,
-    rows: list[dict[str, Any]],
-    extra: dict[str, Any] | None = None,
-    out_dir: Path = RESULTS,
-) -> tuple[Path, Path]:
-    """``rows`` become the Markdown table (their keys are the columns)."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    doc = {"benchmark": name, "machine": machine(), "rows": rows, **(extra or {})}
-    js = out_dir / f"{name}.json"
-    js.write_text(json.dumps(doc, indent=1))
+def header(m: dict[str, Any]) -> str:
+    """One Markdown line that says how busy the machine was while measuring."""
+    start, end = m["load_average_start"], m["load_average_end"]
+    return (
+        f"_{m['when']}, {m['cpus']} CPUs, load average (1/5/15 min) "
+        f"{' / '.join(map(str, start))} at start, {' / '.join(map(str, end))} at end_"
+    )
+
+
+def md_table(rows: list[dict[str, Any]]) -> list[str]:
+    """``rows`` as a Markdown table; their keys are the columns."""
     cols = list(dict.fromkeys(k for r in rows for k in r))
     lines = [f"| {' | '.join(cols)} |", "|" + "---|" * len(cols)]
     for r in rows:
@@ -39,6 +53,26 @@ def write(
             f"{v:.4g}" if isinstance(v, float) else str(v) for v in (r.get(c, "") for c in cols)
         ]
         lines.append(f"| {' | '.join(cells)} |")
+    return lines
+
+
+def write(
+    name: str,
+    rows: list[dict[str, Any]],
+    extra: dict[str, Any] | None = None,
+    out_dir: Path = RESULTS,
+    load_start: list[float] | None = None,
+    more_tables: Sequence[list[dict[str, Any]]] = (),
+) -> tuple[Path, Path]:
+    """``rows`` (then each of ``more_tables``) become the Markdown, under a load header."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    m = machine(load_start or load_average())
+    doc = {"benchmark": name, "machine": m, "rows": rows, **(extra or {})}
+    js = out_dir / f"{name}.json"
+    js.write_text(json.dumps(doc, indent=1))
+    lines = [header(m), "", *md_table(rows)]
+    for table in more_tables:
+        lines += ["", *md_table(table)]
     md = out_dir / f"{name}.md"
     md.write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -19,6 +19,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from benchmarks.common import header, load_average, machine
 from service.gate import default_model, run_gate
 from service.settings import Settings
 
@@ -106,10 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gate", type=Path, default=None, help="gate .npz (default: env/results)")
     ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
     a = ap.parse_args(argv)
+    load_start = load_average()
     table = gate_table(a.samples_dir, a.gate)
+    table["machine"] = machine(load_start)
     a.out_dir.mkdir(parents=True, exist_ok=True)
     (a.out_dir / "gate_table.json").write_text(json.dumps(table, indent=1))
-    md = to_markdown(table)
+    md = header(table["machine"]) + "\n\n" + to_markdown(table)
     (a.out_dir / "gate_table.md").write_text(md)
     print(md)
     return 0

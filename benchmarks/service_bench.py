@@ -301,8 +301,8 @@ def markdown(r: dict[str, Any]) -> str:
         f"Model: {r['model']['path']} ({r['model']['params']:,} params"
         + (", tiny untrained stand-in" if r["model"]["tiny_untrained"] else "")
         + f"); image {r['image']['name']} {r['image']['shape']} ({r['image']['bytes']:,} bytes);"
-        f" {r['machine']['cpus']} CPUs, load average at start {r['machine']['load_avg_at_start']}"
-        " (the machine is shared).",
+        f" {r['machine']['cpus']} CPUs, load average at start {r['machine']['load_avg_at_start']},"
+        f" at end {r['machine'].get('load_avg_at_end')} (the machine is shared).",
         "",
         "| latency | n | p50 ms | p95 ms | mean ms |",
         "| --- | ---: | ---: | ---: | ---: |",

@@ -1,19 +1,21 @@
 """Training throughput per family, and achieved GFLOP/s against a matmul ceiling.
 
-    python -m benchmarks.training_bench [--image-size 128] [--steps 8] [--weights-dir weights]
+    python -m benchmarks.training_bench [--image-size 128] [--steps 8]
 
 Each family is built with its default hyperparameters (the first point of its
 search space), trained for a few steps on random data at batch 32, in mixed
-bfloat16 and in float32. FLOPs per training step are counted by TensorFlow's
-profiler on the graph of one step (forward, loss and the gradients of the
-trainable weights, so a frozen backbone costs its forward pass only). The
-ceiling is a large matmul in the same dtype, timed in the same run, so the
-ratio says how much of the CPU the model uses.
+bfloat16 and in float32; transfer families from random-init backbones
+(:mod:`benchmarks.random_weights`: the cost of a step does not depend on the weights).
+FLOPs per training step are counted by TensorFlow's profiler on the graph of one step
+(forward, loss and the gradients of the trainable weights, so a frozen backbone costs its
+forward pass only). The ceiling is a large matmul in the same dtype, timed in the same
+run, so the ratio says how much of the CPU the model uses.
 """
 
 from __future__ import annotations
 
 import argparse
+import tempfile
 import time
 from pathlib import Path
 
@@ -22,9 +24,9 @@ import keras_tuner as kt
 import numpy as np
 import tensorflow as tf
 
-from benchmarks.common import write
-from search_spaces import FAMILIES, FAMILY_NAMES, hypermodel_class
-from study.paths import DEFAULT_WEIGHTS_DIR
+from benchmarks.common import RESULTS, load_average, write
+from benchmarks.random_weights import random_weights
+from search_spaces import FAMILY_NAMES, hypermodel_class
 
 
 def matmul_gflops(dtype: tf.DType, n: int = 2048, reps: int = 6) -> float:
@@ -60,17 +62,12 @@ def step_flops(model: keras.Model, size: int, batch: int) -> float:
 
 
 def bench_family(family: str, size: int, steps: int, policy: str, weights_dir: Path) -> dict:
-    from study.models.weights import resolve_imagenet_weights
-
-    keras.mixed_precision.set_global_policy(policy)
-    keras.utils.set_random_seed(0)
-    needs_weights = FAMILIES[family].needs_weights
-    weights = resolve_imagenet_weights(family, weights_dir) if needs_weights else None
-    if weights is not None and not weights.available:
-        return {"family": family, "policy": policy, "status": "skipped: no ImageNet weights"}
-    model = hypermodel_class(family)(image_size=size, seed=0, weights=weights).build(
-        kt.HyperParameters()
+    weights = random_weights(family, weights_dir, size)
+    keras.backend.clear_session()
+    hypermodel = hypermodel_class(family)(
+        image_size=size, seed=0, weights=weights, precision=policy
     )
+    model = hypermodel.build(kt.HyperParameters())
     x = np.random.rand(32, size, size, 1).astype(np.float32)
     y = np.random.randint(0, 2, (32, 1)).astype(np.float32)
     model.train_on_batch(x, y)  # trace
@@ -99,19 +96,20 @@ def main() -> None:
     p.add_argument("--image-size", type=int, default=128)
     p.add_argument("--steps", type=int, default=8)
     p.add_argument("--families", default=",".join(FAMILY_NAMES))
-    p.add_argument("--weights-dir", type=Path, default=DEFAULT_WEIGHTS_DIR)
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
     a = p.parse_args()
+    load_start = load_average()
     ceilings = {"mixed_bfloat16": matmul_gflops(tf.bfloat16), "float32": matmul_gflops(tf.float32)}
     rows = []
-    for fam in a.families.split(","):
-        for policy in ("mixed_bfloat16", "float32"):
-            r = bench_family(fam, a.image_size, a.steps, policy, a.weights_dir)
-            if "achieved_gflops" in r:
+    with tempfile.TemporaryDirectory(prefix="pneumoscope-random-weights-") as tmp:
+        for fam in a.families.split(","):
+            for policy in ("mixed_bfloat16", "float32"):
+                r = bench_family(fam, a.image_size, a.steps, policy, Path(tmp))
                 r["matmul_ceiling_gflops"] = ceilings[policy]
                 r["ratio_to_ceiling"] = r["achieved_gflops"] / ceilings[policy]
-            rows.append(r)
-            print(r, flush=True)
-    write("training", rows, {"matmul_ceiling_gflops": ceilings})
+                rows.append(r)
+                print(r, flush=True)
+    write("training", rows, {"matmul_ceiling_gflops": ceilings}, a.out_dir, load_start)
 
 
 if __name__ == "__main__":

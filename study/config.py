@@ -44,8 +44,8 @@ def internal(**kw: Any) -> Any:
 def _precision_help() -> str:
     auto = ", ".join(f"{f.precision} for {f.name}" for f in FAMILIES.values())
     return (
-        f"training precision; auto = {auto} (EfficientNet's depthwise convs were up to "
-        "2.4x slower in bf16 on this CPU)"
+        f"training precision; auto = {auto} (the verdicts of "
+        "benchmarks/results/precision.md; float32 when not measured)"
     )
 
 
