@@ -200,3 +200,18 @@ def test_negatives_only_shift_cannot_buy_specificity() -> None:
     row = next(r for r in op.table if r["threshold"] == op.threshold)
     assert op.threshold <= op.clean_threshold
     assert row["shift_specificity"] < row["clean_specificity"]  # the cost is shown, not hidden
+
+
+def test_reliability_diagram_is_a_real_png(tmp_path) -> None:
+    import cv2
+
+    from study.report.figures import reliability_diagram
+
+    y, p_true = _calibrated(3000, 4)
+    reported = _sigmoid(3.0 * _logit(p_true))
+    fixed = apply_temperature(reported, fit_temperature(y, reported))
+    png = reliability_diagram(reliability(y, reported), reliability(y, fixed))
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    img = cv2.imdecode(np.frombuffer(png, np.uint8), cv2.IMREAD_GRAYSCALE)
+    assert img.shape[1] >= 400 and float(np.std(img)) > 5
+    (tmp_path / "rel.png").write_bytes(png)
