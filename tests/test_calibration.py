@@ -16,7 +16,7 @@ from study.select.calibration import (
     fit_temperature,
     reliability,
 )
-from study.select.conformal import ReferBand, prediction_sets, refer_band
+from study.select.conformal import ReferBand, conformal_quantile, prediction_sets, refer_band
 from study.select.operating_point import choose_threshold_shift
 from study.select.stats import threshold_table
 
@@ -148,6 +148,12 @@ def test_band_widens_when_the_model_is_noisier() -> None:
         band = refer_band(*_noisy_model(2000, noise, rng))
         widths.append(0.0 if band.empty else band.high - band.low)
     assert widths[0] < widths[1] < widths[2]
+
+
+def test_quantile_rank_is_exact() -> None:
+    scores = np.arange(1, 20) / 20.0  # n = 19: rank ceil(20 * 0.95) = 19, the largest score
+    assert conformal_quantile(scores, 0.95) == pytest.approx(0.95)
+    assert conformal_quantile(scores, 0.5) == pytest.approx(0.5)  # rank ceil(10) = 10
 
 
 def test_too_few_calibration_images_refer_everything() -> None:

@@ -79,10 +79,13 @@ class ReferBand:
         )
 
 
-def conformal_quantile(scores: np.ndarray, alpha: float) -> float:
-    """The ceil((n+1)(1-alpha))-th smallest score; 1.0 (no information) when that rank > n."""
+def conformal_quantile(scores: np.ndarray, coverage: float) -> float:
+    """The ceil((n+1)(1-alpha))-th smallest score; 1.0 (no information) when that rank > n.
+
+    ``coverage`` is 1 - alpha; the tiny tolerance keeps e.g. 20 * 0.95 from rounding up to 20.
+    """
     n = scores.size
-    rank = math.ceil((n + 1) * (1.0 - alpha))
+    rank = math.ceil((n + 1) * coverage - 1e-9)
     if rank > n:
         return 1.0
     return float(np.sort(scores)[rank - 1])
@@ -99,7 +102,7 @@ def refer_band(y_cal: Any, p_cal: Any, coverage: float = 0.95) -> ReferBand:
     if y.size == 0:
         raise ValueError("refer_band needs calibration images")
     scores = 1.0 - np.where(y == 1, p, 1.0 - p)
-    q = conformal_quantile(scores, 1.0 - coverage)
+    q = conformal_quantile(scores, coverage)
     low, high = (1.0 - q, q) if q >= 0.5 else (None, None)
     return ReferBand(low, high, coverage, int(y.size), q)
 
