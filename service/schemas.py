@@ -10,6 +10,9 @@ from pydantic import BaseModel
 from service.models import JobStatus, Prediction, Upload
 
 LabelName = Literal["NORMAL", "PNEUMONIA"]
+#: The model's answer: a class, or UNCERTAIN when the probability is inside the winner's
+#: refer band (the X-ray should go to a radiologist). Reviewers still label NORMAL/PNEUMONIA.
+ResultLabel = Literal["NORMAL", "PNEUMONIA", "UNCERTAIN"]
 
 
 class Accepted(BaseModel):
@@ -25,7 +28,7 @@ class ModelRef(BaseModel):
 
 
 class Result(BaseModel):
-    label: str
+    label: ResultLabel
     probability_pneumonia: float
     threshold: float | None
     model: ModelRef

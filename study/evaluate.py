@@ -2,6 +2,13 @@
 
 Works on any folder in the Kaggle layout; uses the model's own threshold
 and preprocessing (from winner.json), so nothing is tuned on what it scores.
+
+With a refer band in winner.json some images are labelled UNCERTAIN. Accuracy,
+sensitivity, specificity, ... are still computed on the threshold decision for *every*
+image, as without a band, so numbers stay comparable across winners; ``uncertain_rate``
+is the share of images inside the band and ``accuracy_decided`` the accuracy on the
+others (None when every image is referred). ``ece`` is the expected calibration error
+of the probabilities scored (temperature-scaled when winner.json has a temperature).
 """
 
 from __future__ import annotations
@@ -14,7 +21,8 @@ from pathlib import Path
 import numpy as np
 
 from study.data import records as data_mod
-from study.select.model_io import load_winner
+from study.select.calibration import ece
+from study.select.model_io import Winner, load_winner
 from study.select.stats import binary_metrics
 
 BATCH_SIZE = 32
@@ -52,14 +60,29 @@ def evaluate(model_path: Path, data_dir: Path, split: str | None) -> dict:
         if batch:
             probs.append(winner.predict_batch(np.stack(batch)))
             labels += ys
-    m = binary_metrics(np.array(labels), np.concatenate(probs), winner.threshold)
+    y, p = np.array(labels), np.concatenate(probs)
+    m = binary_metrics(y, p, winner.threshold)
     out = {k: m[k] for k in KEYS if k in m}
     out["n"] = len(labels)
     out["threshold"] = winner.threshold
     out["split"] = chosen or "all"
+    out.update(referral(winner, y, p))
     if failed:
         out["unreadable"] = failed
     return out
+
+
+def referral(winner: Winner, y: np.ndarray, p: np.ndarray) -> dict:
+    """uncertain_rate, accuracy_decided (outside the band) and ece (see the module doc)."""
+    band = winner.refer_band
+    inside = np.zeros(p.shape, bool) if band is None else band.contains(p)
+    decided = ~inside
+    correct = (p >= winner.threshold).astype(int) == y
+    return {
+        "uncertain_rate": float(inside.mean()),
+        "accuracy_decided": float(correct[decided].mean()) if decided.any() else None,
+        "ece": ece(y, p),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,7 +1,10 @@
 """`python -m study.predict --model results/<study>/winner FILE...`: one JSON line per file.
 
 Needs TensorFlow and the project's preprocessing only (no Keras-Tuner), and
-preprocesses with the config stored in the model's winner.json.
+preprocesses with the config stored in the model's winner.json. ``label`` is NORMAL or
+PNEUMONIA, or UNCERTAIN (refer to a radiologist) when winner.json has a refer band and
+the probability falls inside it; ``probability_pneumonia`` is temperature-scaled when
+winner.json has a temperature (see :mod:`study.select.model_io`).
 """
 
 from __future__ import annotations

@@ -174,6 +174,21 @@ export function checksTable(checks, captionText) {
   return el("table", { class: "checks" }, el("caption", { text: captionText }), head, tbody);
 }
 
+// The model's answer as a badge. UNCERTAIN means the probability fell inside the winner's
+// refer band: the model does not guess, the X-ray goes to a radiologist.
+const LABEL_CLASSES = { NORMAL: "badge-normal", PNEUMONIA: "badge-pneumonia", UNCERTAIN: "badge-uncertain" };
+const LABEL_TEXTS = { UNCERTAIN: "Uncertain — refer to a radiologist" };
+
+/** Badge class for a model label (unknown labels get the plain grey badge). */
+export function labelClass(label) {
+  return `badge ${LABEL_CLASSES[label] || ""}`.trim();
+}
+
+/** Badge words for a model label: the label itself, except UNCERTAIN, which says what to do. */
+export function labelText(label) {
+  return LABEL_TEXTS[label] || label;
+}
+
 /** "0.487" -> "48.7%". */
 export function percent(p) {
   return `${(p * 100).toFixed(1)}%`;

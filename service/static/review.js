@@ -10,6 +10,8 @@ import {
   formatBytes,
   formatTime,
   heatmapViewer,
+  labelClass,
+  labelText,
   networkError,
   percent,
   probabilityBar,
@@ -192,7 +194,7 @@ function answerBlock(u) {
         "p",
         {},
         "Model: ",
-        el("span", { class: `badge ${r.label === "PNEUMONIA" ? "badge-pneumonia" : "badge-normal"}`, text: r.label }),
+        el("span", { class: labelClass(r.label), text: labelText(r.label) }),
         ` probability of pneumonia ${percent(r.probability_pneumonia)}`,
         t === null ? "" : ` (threshold ${percent(t)})`
       ),

@@ -8,6 +8,8 @@ import {
   describeHttpError,
   formatBytes,
   heatmapViewer,
+  labelClass,
+  labelText,
   networkError,
   percent,
   probabilityBar,
@@ -165,12 +167,16 @@ function showResult(res) {
   const p = Number(res.probability_pneumonia);
   const t = typeof res.threshold === "number" ? res.threshold : null;
   const badge = $("result-label");
-  badge.textContent = res.label;
-  badge.className = `badge ${res.label === "PNEUMONIA" ? "badge-pneumonia" : "badge-normal"}`;
-  $("result-words").textContent =
+  badge.textContent = labelText(res.label);
+  badge.className = labelClass(res.label);
+  const words =
     t === null
       ? `Probability of pneumonia: ${percent(p)}.`
       : `Probability of pneumonia: ${percent(p)}. The threshold is ${percent(t)}: at or above it the answer is PNEUMONIA, below it NORMAL.`;
+  $("result-words").textContent =
+    res.label === "UNCERTAIN"
+      ? `Probability of pneumonia: ${percent(p)}. This is in the range where the model cannot reliably tell NORMAL from PNEUMONIA, so it gives no answer: have a radiologist read this X-ray.`
+      : words;
   $("result-bar").replaceChildren(probabilityBar(p, t));
   $("model-name").textContent = (res.model && res.model.name) || "unknown";
   $("model-version").textContent = (res.model && res.model.version) || "unknown";

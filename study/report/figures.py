@@ -209,6 +209,40 @@ def calibration_fig(cal: Mapping[str, Mapping[str, Any]], colours: Mapping[str, 
     return png_bytes(fig)
 
 
+def reliability_diagram(before: Mapping[str, Any], after: Mapping[str, Any]) -> bytes:
+    """Reliability before and after temperature scaling (from calibration.reliability).
+
+    Top: observed share of pneumonia against mean predicted probability per non-empty bin,
+    with each curve's ECE in its legend; bottom: how many images fall in each bin, since a
+    large gap in a bin of three images means little.
+    """
+    fig = Figure(layout="constrained", figsize=(4.8, 5.4))
+    ax, hx = fig.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    ax.plot([0, 1], [0, 1], ":", color="0.6", label="perfectly calibrated")
+    width = 1.0 / before["n_bins"]
+    for rel, name, colour, shift in (
+        (before, "before", "#d62728", -0.25),
+        (after, "after", "#1f77b4", 0.25),
+    ):
+        full = [i for i, c in enumerate(rel["counts"]) if c > 0]
+        conf = [rel["confidence"][i] for i in full]
+        acc = [rel["accuracy"][i] for i in full]
+        ax.plot(conf, acc, "-o", ms=4, color=colour, label=f"{name} (ECE {rel['ece']:.3f})")
+        centres = np.asarray(rel["centres"]) + shift * width
+        hx.bar(centres, rel["counts"], width=width / 2, color=colour, label=name)
+    ax.set_ylabel("observed share with pneumonia")
+    ax.set_title(
+        f"Calibration before and after temperature scaling ({before['n_bins']} bins)", fontsize=10
+    )
+    ax.set_ylim(-0.02, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="upper left")
+    hx.set_xlabel("predicted probability of pneumonia")
+    hx.set_ylabel("images")
+    hx.set_xlim(-0.02, 1.02)
+    return png_bytes(fig)
+
+
 def ci_forest(rows: Sequence[Mapping[str, Any]], colours: Mapping[str, str]) -> bytes:
     """Point estimates with 95% CIs per metric and family: overlap at a glance."""
     metrics = list(dict.fromkeys(r["metric"] for r in rows))

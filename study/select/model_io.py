@@ -6,6 +6,16 @@
 inside it) carries the preprocessing config, so whatever loads the model also
 preprocesses the way it was trained. Loading needs TensorFlow and this
 module only; Keras-Tuner is never imported.
+
+Two optional winner.json entries change what a loaded winner answers (a winner without
+them behaves exactly as before):
+
+* ``"calibration": {"temperature": T, ...}``: :meth:`Winner.predict_batch` returns the
+  temperature-scaled probability sigmoid(logit(p) / T). The ``threshold`` and the refer
+  band are then on that calibrated scale (they were chosen on calibrated probabilities).
+* ``"refer_band": {"low": .., "high": .., "coverage_target": ..}``: :meth:`Winner.label_for`
+  answers ``"UNCERTAIN"`` (refer to a radiologist) for a probability inside [low, high]
+  (see :mod:`study.select.conformal`).
 """
 
 from __future__ import annotations
@@ -19,8 +29,12 @@ from typing import Any
 import numpy as np
 
 from study.data.preprocess import PreprocessConfig, load_for_model, model_input
+from study.select.calibration import apply_temperature
+from study.select.conformal import ReferBand
 
 INFO_NAME = "winner.json"
+#: The label of a probability inside the refer band.
+UNCERTAIN = "UNCERTAIN"
 
 
 def export_winner(model: Any, info: dict[str, Any], study_dir: Path) -> Path:
@@ -90,6 +104,18 @@ class Winner:
         return list(self.info.get("class_names", ["NORMAL", "PNEUMONIA"]))
 
     @property
+    def temperature(self) -> float | None:
+        """The calibration temperature, or None when winner.json has none (raw probabilities)."""
+        cal = self.info.get("calibration") or {}
+        return None if cal.get("temperature") is None else float(cal["temperature"])
+
+    @property
+    def refer_band(self) -> ReferBand | None:
+        """The band labelled UNCERTAIN, or None when winner.json has none (always decide)."""
+        band = self.info.get("refer_band")
+        return None if band is None else ReferBand.from_dict(band)
+
+    @property
     def name(self) -> str:
         return str(self.info.get("study", self.path.parent.name))
 
@@ -98,14 +124,15 @@ class Winner:
         return str(self.info.get("version", self.info.get("data_fingerprint", "unknown"))[:12])
 
     def predict_batch(self, batch: np.ndarray) -> np.ndarray:
-        """Probabilities of PNEUMONIA for float32 (N, S, S, 1) inputs."""
+        """Probabilities of PNEUMONIA for float32 (N, S, S, 1) inputs, calibrated if T is set."""
         import tensorflow as tf
 
         serve = getattr(self._loaded, "serve", None) or self._loaded.signatures["serving_default"]
         out = serve(tf.constant(np.asarray(batch, np.float32)))
         if isinstance(out, dict):
             out = next(iter(out.values()))
-        return np.asarray(out, np.float64).reshape(-1)
+        p = np.asarray(out, np.float64).reshape(-1)
+        return p if self.temperature is None else apply_temperature(p, self.temperature)
 
     def prepare(self, data: bytes) -> np.ndarray:
         """The shared preprocessing with this model's own config."""
@@ -119,6 +146,10 @@ class Winner:
         return float(self.predict_batch(self.prepare(data)[None])[0])
 
     def label_for(self, probability: float) -> str:
+        """UNCERTAIN inside the refer band, else the class the threshold decides."""
+        band = self.refer_band
+        if band is not None and bool(band.contains(probability)):
+            return UNCERTAIN
         return self.class_names[int(probability >= self.threshold)]
 
     def keras_model(self) -> Any:

@@ -25,7 +25,8 @@ can be traced to one function:
   calls a difference "better" without a p-value beside it.
 * :func:`fmt_p`: the one way a p-value is
   written, in the report's sentences, its tables and the progress lines.
-* :func:`calibration` and :func:`effect_size`: reliability curve and the error
+* :func:`calibration` (binning and ECE from :mod:`study.select.calibration`) and
+  :func:`effect_size`: reliability curve and the error
   analysis (do errors differ from correct cases in intensity, contrast, ...?).
 
 Conventions: label 1 = pneumonia (positive); a case is called positive when
@@ -40,13 +41,14 @@ from typing import Any, Literal
 
 import numpy as np
 from scipy import stats as sps
-from sklearn.calibration import calibration_curve
 from sklearn.metrics import (
     average_precision_score,
     brier_score_loss,
     roc_auc_score,
     roc_curve,
 )
+
+from study.select.calibration import reliability
 
 Metric = Literal["accuracy", "sensitivity", "specificity", "auc"]
 THRESHOLD_METRICS = ("accuracy", "sensitivity", "specificity")
@@ -657,26 +659,21 @@ def verdict(name_a: str, name_b: str, test_result: dict[str, Any], alpha: float 
 def calibration(y_true: Any, prob: Any, n_bins: int = 10) -> dict[str, Any]:
     """Reliability curve + Brier score: does 'P = 0.8' mean 80 % pneumonia?
 
-    Uniform bins; empty ones are dropped (as sklearn does). ``count`` and the expected
-    calibration error use the same bin edges as
-    :func:`sklearn.calibration.calibration_curve`.
+    Uniform bins from :func:`study.select.calibration.reliability` (the one binning and
+    ECE of the project); empty bins are dropped, as sklearn's ``calibration_curve`` does.
     """
     y = _as_labels(y_true)
     p = _as_scores(prob, y.size)
-    prob_true, prob_pred = calibration_curve(y, p, n_bins=n_bins, strategy="uniform")
-    out: dict[str, Any] = {
+    rel = reliability(y, p, n_bins)
+    full = [i for i, c in enumerate(rel["counts"]) if c > 0]
+    return {
         "n_bins": n_bins,
-        "prob_pred": [float(v) for v in prob_pred],
-        "prob_true": [float(v) for v in prob_true],
+        "prob_pred": [rel["confidence"][i] for i in full],
+        "prob_true": [rel["accuracy"][i] for i in full],
         "brier": float(brier_score_loss(y, p)),
+        "count": [rel["counts"][i] for i in full],
+        "ece": rel["ece"],
     }
-    edges = np.linspace(0.0, 1.0, n_bins + 1)
-    counts = np.bincount(np.searchsorted(edges[1:-1], p), minlength=n_bins)
-    counts = counts[counts > 0]
-    if counts.size == prob_true.size:
-        out["count"] = [int(c) for c in counts]
-        out["ece"] = float(np.sum(counts / y.size * np.abs(prob_true - prob_pred)))
-    return out
 
 
 def effect_size(a: Any, b: Any) -> dict[str, Any]:

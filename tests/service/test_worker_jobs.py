@@ -25,15 +25,16 @@ PNG = b"\x89PNG\r\n\x1a\n-fake-heatmap"
 class FakeRuntime:
     name, version = "fake", "v1"
 
-    def __init__(self, fail: bool = False) -> None:
+    def __init__(self, fail: bool = False, label: str = "PNEUMONIA") -> None:
         self.fail = fail
+        self.label = label
         self.calls = 0
 
     def run(self, data: bytes, pixels) -> Outcome:
         self.calls += 1
         if self.fail:
             raise RuntimeError("model exploded with /secret/path")
-        return Outcome(0.8, "PNEUMONIA", 0.5, PNG, 1.0, 2.0)
+        return Outcome(0.8, self.label, 0.5, PNG, 1.0, 2.0)
 
 
 class Accept:
@@ -72,6 +73,15 @@ def test_done_then_redelivery_is_a_noop(world) -> None:
     body = client.get(f"/v1/predictions/{pid}").json()
     assert body["status"] == "done" and body["result"]["model"] == {"name": "fake", "version": "v1"}
     assert client.get(body["result"]["heatmap_url"]).content == PNG
+
+
+def test_uncertain_answer_reaches_the_api(world) -> None:
+    state, client = world
+    state.runtime = FakeRuntime(label="UNCERTAIN")  # inside the winner's refer band
+    pid = job(state)
+    assert tasks.process(state, pid) == "done"
+    result = client.get(f"/v1/predictions/{pid}").json()["result"]
+    assert result["label"] == "UNCERTAIN" and result["probability_pneumonia"] == 0.8
 
 
 def test_gate_rejection_ends_as_rejected_with_body(world, monkeypatch) -> None:
