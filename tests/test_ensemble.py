@@ -130,7 +130,7 @@ def test_leaderboard_lists_ensembles_ranked_with_trials(study) -> None:
         "ensemble-ens-top3",
         "ensemble-ens-top4",
     ]
-    assert all(r["members"] for r in ens) and len(rows) == 4 + 3
+    assert all(r["members"] and r["auc"] is not None for r in ens) and len(rows) == 4 + 3
     assert [r["objective"] for r in rows] == sorted((r["objective"] for r in rows), reverse=True)
     assert [r["rank"] for r in rows] == list(range(1, 8))
 
@@ -216,3 +216,55 @@ def test_bfloat16_members_average_in_float32(images) -> None:
         axis=0,
     )
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+def test_a_winning_ensemble_is_exported_as_the_studys_one_winner(members, tmp_path) -> None:
+    """finish_study's hook: members' best.keras -> one SavedModel + winner.json with members."""
+    from types import SimpleNamespace
+
+    from study.data.datasets import SplitArrays
+    from study.data.preprocess import PreprocessConfig
+    from study.data.records import ImageRecord
+    from study.select.winner import export_ensemble
+
+    rng = np.random.default_rng(3)
+    labels = np.array([0, 1] * 6)
+    recs = [
+        ImageRecord(f"v/{i}.png", int(y), f"p{i}", "normal", "val") for i, y in enumerate(labels)
+    ]
+    split = SplitArrays(recs, rng.integers(0, 256, (12, 16, 16), dtype=np.uint8), labels)
+    dirs = []
+    for i, m in enumerate(members[:2]):
+        d = tmp_path / "trials" / f"cnn-{i}"
+        d.mkdir(parents=True)
+        keras.Model(m.inputs, m.outputs, name=f"functional_{i}").save(d / "best.keras")
+        dirs.append(str(d))
+    record = {
+        "family": ENSEMBLE_FAMILY,
+        "trial_id": "ens-top2",
+        "members": ["cnn-0", "cnn-1"],
+        "member_dirs": dirs,
+        "hyperparameters": {},
+        "dtype_policy": "float32",
+    }
+    cfg = SimpleNamespace(
+        name="t",
+        study_dir=tmp_path,
+        batch_size=4,
+        min_sensitivity=0.5,
+        preprocess=PreprocessConfig(),
+        image_size=16,
+        seed=0,
+    )
+    plan = SimpleNamespace(test_source="official", sizes=lambda: {"val": 12, "test": 12})
+    data = SimpleNamespace(val=split, test=split, fingerprint="f" * 16, plan=plan)
+    info = export_ensemble(cfg, data, record, {})
+    saved = json.loads((tmp_path / "winner.json").read_text())
+    assert saved["members"] == ["cnn-0", "cnn-1"] == info["members"]
+    assert saved["family"] == ENSEMBLE_FAMILY and saved["trial"] == "ensemble-ens-top2"
+    winner = load_winner(tmp_path / "winner")
+    x = split.images[..., None].astype(np.float32) / 255.0
+    want = np.mean([m.predict(x, verbose=0)[:, 0] for m in members[:2]], axis=0)
+    np.testing.assert_allclose(winner.predict_batch(x), want, atol=1e-5)
+    assert ensemble_members(winner.keras_model()) is not None
+    assert (tmp_path / "families" / ENSEMBLE_FAMILY / "val_predictions.csv").is_file()

@@ -247,7 +247,7 @@ def _ensemble_row(e: dict[str, Any]) -> dict[str, Any]:
         "stopped_early": False,
         "stop_text": "not trained: the mean of its members' probabilities",
         "objective": objective(e),
-        "auc": None,
+        "auc": e["val"]["auc"],
         "auc_exact": e["val"]["auc_exact"],
         "precision": None,
         "recall": None,

@@ -52,11 +52,21 @@ class Ensemble:
             "members": [member_name(t) for t in self.members],
             "member_dirs": [t["dir"] for t in self.members],
             "hyperparameters": {member_name(t): t.get("hyperparameters", {}) for t in self.members},
-            "val": {"auc_exact": exact_roc_auc(self.labels, self.probs)},
+            "val": {
+                "auc": binned_auc(self.labels, self.probs),
+                "auc_exact": exact_roc_auc(self.labels, self.probs),
+            },
             "params": sum(int(t.get("params") or 0) for t in self.members),
             "seconds": sum(float(t.get("seconds") or 0.0) for t in self.members),
             "dtype_policy": "float32",
         }
+
+
+def binned_auc(labels: np.ndarray, probs: np.ndarray) -> float:
+    """Keras' 200-threshold AUC, the one trials record as ``val.auc``, for the same columns."""
+    metric = keras.metrics.AUC(num_thresholds=200)
+    metric.update_state(np.asarray(labels, np.float32), np.asarray(probs, np.float32))
+    return float(metric.result())
 
 
 def member_name(trial: dict[str, Any]) -> str:
