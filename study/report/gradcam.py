@@ -23,6 +23,11 @@ which reuses every layer (same weights) and swaps in the two-output
 backbone. That works for any outer DAG, and nesting of any depth. The
 rebuilt model is checked once against ``model(x)`` and cached on the model,
 so the service pays for it only on the first heatmap.
+
+An ensemble (:func:`study.select.ensemble.build_ensemble_model`) has no single
+feature map: its heatmap is its members' heatmaps, averaged with weights equal
+to each member's predicted probability for that image (normalised), so
+:func:`gradcam` works unchanged for a winner that is an ensemble.
 """
 
 from __future__ import annotations

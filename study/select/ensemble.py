@@ -146,7 +146,8 @@ def best_candidate(trials: list[dict[str, Any]], ensembles: list[Ensemble]) -> d
 def build_ensemble_model(member_models: list[keras.Model], name: str = "ensemble") -> keras.Model:
     """One functional model: the members' shared input -> the mean of their probabilities.
 
-    Members are nested whole (renamed ``member_<i>_<name>`` so names stay unique); each
+    Members are nested whole (renamed in place to ``member_<i>_<name>``, as layer names
+    must be unique within a model and every best.keras may carry the same one); each
     output is cast to float32 before averaging, so bfloat16 members average exactly.
     """
     from study.models.layers import MeanProbability
