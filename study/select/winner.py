@@ -77,7 +77,8 @@ def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def winning_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """The study's winner: the trial with the highest objective, chosen on validation only."""
+    """The best single trial by the objective, chosen on validation only (finish_study also
+    lets ensembles of the top trials compete: :func:`study.select.ensemble.best_candidate`)."""
     return max(best_per_family(trials).values(), key=objective)
 
 
