@@ -50,6 +50,26 @@ class SpaceToDepth(keras.layers.Layer):
         return {**super().get_config(), "block_size": self.block_size}
 
 
+@keras.saving.register_keras_serializable(package="pneumoscope")
+class MeanProbability(keras.layers.Layer):
+    """Average of several (N, 1) probabilities, in float32: the output of an ensemble.
+
+    Its presence marks a model as an ensemble (see study.select.ensemble.ensemble_members),
+    so Grad-CAM knows to combine its members' maps.
+    """
+
+    def __init__(self, **kwargs):
+        kwargs["dtype"] = "float32"  # bfloat16 members are averaged in float32
+        super().__init__(**kwargs)
+
+    def call(self, inputs):
+        probs = [keras.ops.cast(x, "float32") for x in inputs]
+        return keras.ops.mean(keras.ops.stack(probs, axis=0), axis=0)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape[0]
+
+
 class _LayerwiseLR:
     """Mixin: variables outside the head train at ``learning_rate * backbone_lr_multiplier``.
 

@@ -23,6 +23,11 @@ which reuses every layer (same weights) and swaps in the two-output
 backbone. That works for any outer DAG, and nesting of any depth. The
 rebuilt model is checked once against ``model(x)`` and cached on the model,
 so the service pays for it only on the first heatmap.
+
+An ensemble (:func:`study.select.ensemble.build_ensemble_model`) has no single
+feature map: its heatmap is its members' heatmaps, averaged with weights equal
+to each member's predicted probability for that image (normalised), so
+:func:`gradcam` works unchanged for a winner that is an ensemble.
 """
 
 from __future__ import annotations
@@ -214,11 +219,16 @@ def gradcam(
     """
     import tensorflow as tf
 
+    from study.select.ensemble import ensemble_members
+
     x_all = np.asarray(images, dtype=np.float32)
     if x_all.ndim == 3:
         x_all = x_all[..., None]
     if x_all.ndim != 4:
         raise ValueError(f"images must be (N, H, W) or (N, H, W, C), got {x_all.shape}")
+    members = ensemble_members(model)
+    if members:
+        return ensemble_gradcam(members, x_all, layer_name, batch_size)
     n, h, w = x_all.shape[:3]
     run = _cam_step(model, layer_name)
     out = np.zeros((n, h, w), np.float32)
@@ -229,6 +239,33 @@ def gradcam(
             peak = float(up.max())
             out[start + i] = np.clip(up / peak, 0.0, 1.0) if peak > 1e-12 else 0.0
     return out
+
+
+def ensemble_gradcam(
+    members: list[Any], images: np.ndarray, layer_name: str | None = None, batch_size: int = 32
+) -> np.ndarray:
+    """An ensemble's heatmaps: its members' maps, weighted per image by each member's
+    predicted probability of pneumonia (normalised to sum to 1; equal weights when every
+    member says 0), so the members that drive the averaged "pneumonia" dominate the map.
+    """
+    x = np.asarray(images, dtype=np.float32)
+    maps = np.stack([gradcam(m, x, layer_name, batch_size) for m in members])  # (M, N, H, W)
+    probs = np.stack([_probabilities(m, x, batch_size) for m in members])  # (M, N)
+    total = probs.sum(axis=0, keepdims=True)
+    weights = np.where(total > 1e-12, probs / np.where(total > 1e-12, total, 1.0), 1 / len(members))
+    return np.einsum("mn,mnhw->nhw", weights, maps).astype(np.float32)
+
+
+def _probabilities(model: Any, x: np.ndarray, batch_size: int) -> np.ndarray:
+    import keras
+
+    out = [
+        keras.ops.convert_to_numpy(
+            keras.ops.cast(model(x[i : i + batch_size], training=False), "float32")
+        )
+        for i in range(0, len(x), batch_size)
+    ]
+    return np.concatenate(out).reshape(-1).astype(np.float64)
 
 
 # --------------------------------------------------------------------------- pictures

@@ -38,6 +38,7 @@ from study.search.trial_log import (
     read_history,
 )
 from study.select import compare, stats
+from study.select.ensemble import ENSEMBLE_FAMILY, candidate_ensembles
 
 TEMPLATES = REPO / "report_templates"
 REPORT_NAME = "report.html"
@@ -168,7 +169,9 @@ def _audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
 
 def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
     """Every trial with its curves, ranked by the study's objective; skipped families."""
-    rows = [_trial_row(t) for t in load_trials(study_dir)]
+    trials = load_trials(study_dir)
+    rows = [_trial_row(t) for t in trials]
+    rows += [_ensemble_row(e.record()) for e in candidate_ensembles(trials)]
     # The winner is the trial with the highest objective, so row 1 is always the winner.
     rows.sort(key=lambda r: -r["objective"])
     for i, r in enumerate(rows, start=1):
@@ -229,6 +232,35 @@ def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _ensemble_row(e: dict[str, Any]) -> dict[str, Any]:
+    """A leaderboard row for an ensemble of the top trials (no curves: it was not trained)."""
+    tid = f"{e['family']}-{e['trial_id']}"
+    return {
+        "id": tid,
+        "anchor": "curve-" + tid,
+        "family": e["family"],
+        "members": e["members"],
+        "hp": [("members", ", ".join(e["members"]))],
+        "epochs_run": 0,
+        "epochs_planned": 0,
+        "best_epoch": None,
+        "stopped_early": False,
+        "stop_text": "not trained: the mean of its members' probabilities",
+        "objective": objective(e),
+        "auc": e["val"]["auc"],
+        "auc_exact": e["val"]["auc_exact"],
+        "precision": None,
+        "recall": None,
+        "specificity": None,
+        "seconds": e.get("seconds"),
+        "time": fmt_duration(e.get("seconds")),
+        "params": e.get("params"),
+        "verdict": "-",
+        "verdict_reason": "an average of trained models, judged by its members' curves",
+        "curve": None,
+    }
+
+
 def _skipped_families(
     study_dir: Path, summary: dict[str, Any] | None, ran: set[str]
 ) -> dict[str, str]:
@@ -245,7 +277,7 @@ def _family_spread(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Each family's objective over its trials (best, median, worst, IQR), best family first."""
     fams: dict[str, list[float]] = {}
     for r in rows:
-        if math.isfinite(r["objective"]):
+        if math.isfinite(r["objective"]) and r["family"] != ENSEMBLE_FAMILY:
             fams.setdefault(r["family"], []).append(r["objective"])
     out = []
     for f, v in fams.items():
@@ -573,7 +605,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "errors": errors,
         "test_source": test_source,
         "carved": test_source == "carved from train",
-        "n_trials": len(board["rows"]),
+        "n_trials": sum(r["family"] != ENSEMBLE_FAMILY for r in board["rows"]),
         "study_seconds": fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),

@@ -17,6 +17,12 @@ from study.data.records import CLASS_NAMES
 from study.search.pipeline import eval_dataset
 from study.search.trial_log import load_trials, objective
 from study.select import compare, stats
+from study.select.ensemble import (
+    best_candidate,
+    candidate_ensembles,
+    is_ensemble,
+    load_ensemble_model,
+)
 from study.select.model_io import copy_export, export_winner
 
 if TYPE_CHECKING:  # the config is passed down; the selection stage never imports it at run time
@@ -71,7 +77,8 @@ def best_per_family(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def winning_trial(trials: list[dict[str, Any]]) -> dict[str, Any]:
-    """The study's winner: the trial with the highest objective, chosen on validation only."""
+    """The best single trial by the objective, chosen on validation only (finish_study also
+    lets ensembles of the top trials compete: :func:`study.select.ensemble.best_candidate`)."""
     return max(best_per_family(trials).values(), key=objective)
 
 
@@ -164,8 +171,13 @@ def finish_study(
         # families/<fam>/winner/ is this family's best, loadable like the winner itself.
         infos[fam] = model_info(cfg, data, t, families[fam], skipped)
         export_winner(model, infos[fam], fam_dir)
-    win_fam = winning_trial(trials)["family"]
-    copy_export(study_dir / "families" / win_fam, study_dir)  # the same files, not re-exported
+    # Ensembles of the top trials compete on the same objective (study.select.ensemble).
+    best = best_candidate(trials, candidate_ensembles(trials))
+    win_fam = best["family"]
+    if is_ensemble(best):
+        infos[win_fam] = export_ensemble(cfg, data, best, skipped)
+    else:
+        copy_export(study_dir / "families" / win_fam, study_dir)  # the same files, not re-exported
     summary = {
         "winner": infos[win_fam],
         "families": families,
@@ -176,6 +188,35 @@ def finish_study(
         "trial_seconds": sum(t.get("seconds", 0.0) for t in trials),
     }
     return summary
+
+
+def export_ensemble(
+    cfg: StudyConfig, data: StudyData, record: dict[str, Any], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """Build the winning ensemble as one model, set its threshold on validation, test it
+    once and export it as the study's winner; returns its winner.json (with ``members``)."""
+    model = load_ensemble_model(record)
+    val_p, test_p = (
+        predict(model, data.val, cfg.batch_size),
+        predict(model, data.test, cfg.batch_size),
+    )
+    threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
+    ens_dir = cfg.study_dir / "families" / record["family"]
+    write_predictions(ens_dir / "val_predictions.csv", data.val, val_p)
+    write_predictions(ens_dir / "test_predictions.csv", data.test, test_p)
+    fam_info = {
+        "trial": f"{record['family']}-{record['trial_id']}",
+        "threshold": threshold,
+        "threshold_rule": rule,
+        "val": stats.binary_metrics(data.val.labels, val_p, threshold),
+        "test": stats.binary_metrics(data.test.labels, test_p, threshold)
+        if len(data.test.labels)
+        else {},
+        "weights": "members' own (see members)",
+    }
+    info = model_info(cfg, data, record, fam_info, skipped) | {"members": record["members"]}
+    export_winner(model, info, cfg.study_dir)
+    return info
 
 
 def write_summary(study_dir: Path, summary: dict[str, Any]) -> Path:
