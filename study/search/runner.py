@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +28,12 @@ if TYPE_CHECKING:  # the config is passed down; the search stage never imports i
 
 @dataclass
 class SearchOutcome:
-    """What the search leaves for selection: families that did not run, weights used."""
+    """What the search leaves for selection: families that did not run, weights used,
+    and why the search stopped (for the summary)."""
 
     skipped: dict[str, str]
     used: dict[str, str]
+    stopped: str = ""
 
 
 def share_budget(budget: int, families: list[str]) -> dict[str, int]:
@@ -83,8 +86,13 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
     return runnable, skipped, used
 
 
-def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> SearchOutcome:
-    """One Keras-Tuner search per runnable family; families that cannot run are skipped."""
+def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutcome:
+    """One Keras-Tuner search per runnable family; families that cannot run are skipped.
+
+    The time budget counts from here (data preparation excluded). On one machine a
+    family that would start after it is not searched at all; in distributed mode the
+    chief's oracle answers STOPPED instead, so its workers move on with it.
+    """
     runnable, skipped, used = resolve_families(cfg)
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
@@ -95,13 +103,21 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
         + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
         flush=True,
     )
-    progress = StudyProgress.resume(sum(shares.values()), load_trials(cfg.study_dir))
-    deadline = t0 + cfg.time_budget * 60 if cfg.time_budget else None
+    finished = load_trials(cfg.study_dir)
+    if len(finished) > cfg.budget:
+        print(budget_below_finished(cfg.budget, len(finished)), flush=True)
+    progress = StudyProgress.resume(sum(shares.values()), finished)
+    deadline = time.monotonic() + cfg.time_budget * 60 if cfg.time_budget else None
     val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
+        elif deadline is not None and time.monotonic() > deadline:
+            if not any(t["family"] == fam for t in finished):
+                skipped[fam] = f"time budget of {cfg.time_budget:g} min reached before it started"
+            print(f"time budget reached: family {fam} not searched", flush=True)
+            continue
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -112,8 +128,9 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
             data.val.labels,
             used.get(fam, "none (trained from scratch)"),
             cfg.verbose,
-            deadline,
+            deadline if role in ("single", "chief") else None,  # the chief's oracle stops workers
             shares[fam],
+            role,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         train_ds = train_dataset(
@@ -124,7 +141,26 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
             skipped[fam] = failure
             print(f"family {fam}: FAILED - {failure}", file=sys.stderr, flush=True)
         tf.keras.backend.clear_session()
-    return SearchOutcome(skipped, used)
+    done = len(load_trials(cfg.study_dir))
+    timed_out = deadline is not None and time.monotonic() > deadline
+    return SearchOutcome(skipped, used, stop_reason(cfg, done, sum(shares.values()), timed_out))
+
+
+def budget_below_finished(budget: int, finished: int) -> str:
+    return (
+        f"budget {budget} is below the {finished} trials already finished: no new trial "
+        f"runs, and the winner is chosen among those {finished}"
+    )
+
+
+def stop_reason(cfg: StudyConfig, done: int, planned: int, timed_out: bool) -> str:
+    """Why the search ended, in words for the summary and the final line."""
+    if done >= planned:
+        extra = f" ({budget_below_finished(planned, done)})" if done > planned else ""
+        return f"budget of {planned} trials done{extra}"
+    if timed_out:
+        return f"time budget of {cfg.time_budget:g} min reached after {done} of {planned} trials"
+    return f"search ended after {done} of {planned} trials (see skipped families and the log)"
 
 
 def _search_one(tuner: Any, train_ds: Any, val_ds: Any, steps: int, cfg: StudyConfig) -> str:
