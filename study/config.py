@@ -84,7 +84,8 @@ class StudyConfig:
         50,
         "total trials across all families, shared equally between the "
         "families that can run (a skipped family's share goes to the others; "
-        "the remainder goes to the first families in --families order)",
+        "the remainder goes to the first families in --families order); a larger "
+        "budget on rerun extends the study, keeping its finished trials",
         **NO_RESUME,
     )
     families: tuple[str, ...] = setting(FAMILY_NAMES, "comma-separated families to search")
@@ -102,7 +103,11 @@ class StudyConfig:
     )
     seed: int = setting(DEFAULT_SEED, "seeds splits, batches and models")
     time_budget: float = setting(
-        0.0, "minutes; no new trial starts after this (0 = no limit)", **NO_RESUME
+        0.0,
+        "minutes from the start of the first family's search (data preparation "
+        "excluded); no new trial starts after this, the one in flight finishes "
+        "(0 = no limit)",
+        **NO_RESUME,
     )
     min_sensitivity: float = setting(
         0.95,

@@ -61,6 +61,8 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     if not lead:
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
         return {"role": role}
+    if not outcome.done:
+        raise SystemExit(f"no trial finished ({outcome.stopped}): no winner to choose")
     from study.fmt import fmt_duration
     from study.select.winner import finish_study, write_summary
 

@@ -34,6 +34,7 @@ class SearchOutcome:
     skipped: dict[str, str]
     used: dict[str, str]
     stopped: str = ""
+    done: int = 0  # trials finished over all runs
 
 
 def share_budget(budget: int, families: list[str]) -> dict[str, int]:
@@ -89,34 +90,24 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
 def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutcome:
     """One Keras-Tuner search per runnable family; families that cannot run are skipped.
 
-    The time budget counts from here (data preparation excluded). On one machine a
+    The time budget counts from the first family's search (data preparation and model
+    setup excluded), so even a short one lets a first trial start. On one machine a
     family that would start after it is not searched at all; in distributed mode the
     chief's oracle answers STOPPED instead, so its workers move on with it.
     """
     runnable, skipped, used = resolve_families(cfg)
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
-    shares = share_budget(cfg.budget, list(runnable))
-    print(
-        "budget: "
-        + ", ".join(f"{f} {n} trials" for f, n in shares.items())
-        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
-        flush=True,
-    )
-    finished = load_trials(cfg.study_dir)
-    if len(finished) > cfg.budget:
-        print(budget_below_finished(cfg.budget, len(finished)), flush=True)
+    shares, finished = _announce_budget(cfg, list(runnable), skipped)
     progress = StudyProgress.resume(sum(shares.values()), finished)
-    deadline = time.monotonic() + cfg.time_budget * 60 if cfg.time_budget else None
+    deadline: float | None = None  # set when the first search starts
     val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
         elif deadline is not None and time.monotonic() > deadline:
-            if not any(t["family"] == fam for t in finished):
-                skipped[fam] = f"time budget of {cfg.time_budget:g} min reached before it started"
-            print(f"time budget reached: family {fam} not searched", flush=True)
+            _skip_after_deadline(cfg, fam, finished, skipped)
             continue
         ctx = TrialContext(
             cfg.study_dir,
@@ -128,7 +119,7 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
             data.val.labels,
             used.get(fam, "none (trained from scratch)"),
             cfg.verbose,
-            deadline if role in ("single", "chief") else None,  # the chief's oracle stops workers
+            deadline,
             shares[fam],
             role,
         )
@@ -136,6 +127,8 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
         train_ds = train_dataset(
             data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
         )
+        if cfg.time_budget and deadline is None:
+            deadline = ctx.deadline = time.monotonic() + cfg.time_budget * 60
         failure = _search_one(tuner, train_ds, val_ds, steps, cfg)
         if failure:
             skipped[fam] = failure
@@ -143,7 +136,35 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
         tf.keras.backend.clear_session()
     done = len(load_trials(cfg.study_dir))
     timed_out = deadline is not None and time.monotonic() > deadline
-    return SearchOutcome(skipped, used, stop_reason(cfg, done, sum(shares.values()), timed_out))
+    stopped = stop_reason(cfg, done, sum(shares.values()), timed_out)
+    return SearchOutcome(skipped, used, stopped, done)
+
+
+def _announce_budget(
+    cfg: StudyConfig, runnable: list[str], skipped: dict[str, str]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Each family's share, printed; and the trials earlier runs finished."""
+    shares = share_budget(cfg.budget, runnable)
+    print(
+        "budget: "
+        + ", ".join(f"{f} {n} trials" for f, n in shares.items())
+        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+        flush=True,
+    )
+    finished = load_trials(cfg.study_dir)
+    if len(finished) > cfg.budget:
+        print(budget_below_finished(cfg.budget, len(finished)), flush=True)
+    return shares, finished
+
+
+def _skip_after_deadline(
+    cfg: StudyConfig, fam: str, finished: list[dict[str, Any]], skipped: dict[str, str]
+) -> None:
+    """A family reached after the deadline is not searched; without trials from an
+    earlier run it has no model, and the summary says why."""
+    if not any(t["family"] == fam for t in finished):
+        skipped[fam] = f"time budget of {cfg.time_budget:g} min reached before it started"
+    print(f"time budget reached: family {fam} not searched", flush=True)
 
 
 def budget_below_finished(budget: int, finished: int) -> str:
