@@ -78,6 +78,7 @@ def test_time_budget_stops_after_the_trial_in_flight(data_dir: Path, tmp_path: P
     why = "time budget of 0.05 min reached after 1 of 4 trials"
     assert summary["stopped"] == why
     assert why in out.stdout.strip().splitlines()[-1]
+    assert f"stopped: {why}" in (tmp_path / "results/tb/report.html").read_text()
 
 
 def test_a_family_reached_after_the_deadline_is_not_searched(monkeypatch, tmp_path: Path) -> None:

@@ -574,6 +574,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": len(board["rows"]),
+        "stopped": (summary or {}).get("stopped", ""),
         "study_seconds": fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),
