@@ -10,6 +10,7 @@ configure the study the same way. Building the parser never imports TensorFlow.
 from __future__ import annotations
 
 import argparse
+import json
 from dataclasses import MISSING, Field, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, get_type_hints
@@ -41,6 +42,11 @@ def internal(**kw: Any) -> Any:
     return field(metadata={"internal": True}, **kw)
 
 
+# Metadata of a setting that never changes a trial's result or the winner: a rerun
+# with another value still resumes the study (every other field is in the resume key).
+NO_RESUME = {"resume": False}
+
+
 def _precision_help() -> str:
     auto = ", ".join(f"{f.precision} for {f.name}" for f in FAMILIES.values())
     return (
@@ -60,20 +66,27 @@ class StudyConfig:
         env=DATA_DIR_ENV,
     )
     results_dir: Path = setting(
-        DEFAULT_RESULTS_DIR, "where results/<name>/ goes", env=RESULTS_DIR_ENV
+        DEFAULT_RESULTS_DIR,
+        "where results/<name>/ goes",
+        env=RESULTS_DIR_ENV,
+        **NO_RESUME,
     )
-    cache_dir: Path = setting(DEFAULT_CACHE_DIR, "preprocessed-image cache", env=CACHE_DIR_ENV)
+    cache_dir: Path = setting(
+        DEFAULT_CACHE_DIR, "preprocessed-image cache", env=CACHE_DIR_ENV, **NO_RESUME
+    )
     weights_dir: Path = setting(
         DEFAULT_WEIGHTS_DIR,
         "local ImageNet weights; see 'run_study.py weights fetch-offline'",
         env=WEIGHTS_DIR_ENV,
     )
-    name: str = setting("main", "study name; rerunning the same name resumes it")
+    name: str = setting("main", "study name; rerunning the same name resumes it", **NO_RESUME)
     budget: int = setting(
         50,
         "total trials across all families, shared equally between the "
         "families that can run (a skipped family's share goes to the others; "
-        "the remainder goes to the first families in --families order)",
+        "the remainder goes to the first families in --families order); a larger "
+        "budget on rerun extends the study, keeping its finished trials",
+        **NO_RESUME,
     )
     families: tuple[str, ...] = setting(FAMILY_NAMES, "comma-separated families to search")
     image_size: int = setting(128, "square model input in pixels (the cache is built at this size)")
@@ -89,7 +102,13 @@ class StudyConfig:
         0, "training steps per epoch; 0 = one pass over the training split"
     )
     seed: int = setting(DEFAULT_SEED, "seeds splits, batches and models")
-    time_budget: float = setting(0.0, "minutes; no new trial starts after this (0 = no limit)")
+    time_budget: float = setting(
+        0.0,
+        "minutes from the start of the first family's search (data preparation "
+        "excluded); no new trial starts after this, the one in flight finishes "
+        "(0 = no limit)",
+        **NO_RESUME,
+    )
     min_sensitivity: float = setting(
         0.95,
         "threshold rule: highest specificity with sensitivity >= this, on validation only",
@@ -105,9 +124,12 @@ class StudyConfig:
         (), "extra Kaggle-layout folder (e.g. data/feedback) added to train only; repeatable"
     )
     verbose: int = setting(
-        0, "Keras per-epoch output (progress lines are always printed)", choices=(0, 1, 2)
+        0,
+        "Keras per-epoch output (progress lines are always printed)",
+        choices=(0, 1, 2),
+        **NO_RESUME,
     )
-    workers: int = setting(2, "processes for preprocessing")
+    workers: int = setting(2, "processes for preprocessing", **NO_RESUME)
     precision: str = setting("auto", _precision_help(), choices=PRECISION_CHOICES)
     # Flags for these PreprocessConfig fields; its image_size is --image-size above.
     preprocess: PreprocessConfig = field(
@@ -129,22 +151,38 @@ class StudyConfig:
         return d
 
     def resume_key(self) -> dict:
-        """Fields that must match for a rerun to resume rather than mix two studies."""
-        d = self.to_json()
-        return {
-            k: d[k]
-            for k in (
-                "image_size",
-                "families",
-                "tuner",
-                "max_epochs",
-                "seed",
-                "preprocess",
-                "budget",
-                "max_train_images",
-                "precision",
-            )
-        }
+        """Every setting that changes a result, which must match for a rerun to resume.
+
+        Derived from the fields (all but those marked ``NO_RESUME``), so a new setting is
+        in the key unless declared harmless; folders are compared as resolved paths.
+        """
+        return resume_values(self.to_json())
+
+
+RESUME_FIELDS = tuple(f.name for f in fields(StudyConfig) if f.metadata.get("resume", True))
+_PATH_FIELDS = ("data_dir", "weights_dir")
+
+
+def resume_values(config_json: dict) -> dict:
+    """The resume key of a saved ``to_json`` dict (also an older config.json's "config")."""
+    key = {k: config_json[k] for k in RESUME_FIELDS if k in config_json}
+    for k in _PATH_FIELDS:
+        if k in key:
+            key[k] = str(Path(key[k]).resolve())
+    if "extra_data" in key:
+        key["extra_data"] = [str(Path(p).resolve()) for p in key["extra_data"]]
+    return json.loads(json.dumps(key))  # tuples as lists, as a reread config.json has them
+
+
+def resume_mismatch(saved: dict, cfg: StudyConfig) -> list[str]:
+    """'setting: old -> new' for each result-changing setting that differs from ``saved``.
+
+    ``saved`` is a config.json; a setting its "resume_key" lacks (written by an older
+    version) is taken from its full "config", and one missing from both is not compared.
+    """
+    old = {**resume_values(saved.get("config", {})), **saved.get("resume_key", {})}
+    new = cfg.resume_key()
+    return [f"{k}: {old[k]} -> {new[k]}" for k in new if k in old and old[k] != new[k]]
 
 
 # --------------------------------------------------------------------------- flags from fields

@@ -31,9 +31,12 @@ def stop_new_trials(oracle: Any) -> None:
 
     Touches ``Oracle.max_trials`` and ``Oracle.trials``: capping the budget at the
     number of trials already created ends the search loop the same way a used-up
-    budget does, for every oracle kind.
+    budget does, for every oracle kind. With no trial yet the cap is -1, not 0:
+    Keras-Tuner reads a cap of 0 as "no limit", and every count is ``>= -1``.
+    Only the chief's (or a single process's) ``Oracle`` has ``trials``; a worker's
+    ``OracleClient`` does not, so a worker never calls this.
     """
-    oracle.max_trials = len(oracle.trials)
+    oracle.max_trials = len(oracle.trials) or -1
 
 
 def forget_restored_epoch(model: Any) -> None:

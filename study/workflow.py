@@ -14,7 +14,7 @@ from typing import Any
 
 import keras
 
-from study.config import StudyConfig
+from study.config import StudyConfig, resume_mismatch
 from study.data.datasets import StudyData, prepare_data
 from study.search.runner import search_families, tuner_role
 
@@ -24,14 +24,21 @@ def seed_everything(seed: int) -> None:
 
 
 def _check_resume(cfg: StudyConfig) -> None:
+    """Resume only the same study: a result-changing setting that differs stops the run
+    (exit code 2) with what differs and the two ways forward."""
     path = cfg.study_dir / "config.json"
     if path.is_file():
-        old = json.loads(path.read_text()).get("resume_key")
-        if old and old != json.loads(json.dumps(cfg.resume_key())):
-            raise SystemExit(
-                f"{cfg.study_dir} holds a study with other settings ({old}); "
-                "use another --name or delete that folder"
+        diff = resume_mismatch(json.loads(path.read_text()), cfg)
+        if diff:
+            print(
+                f"{cfg.study_dir} holds a study with other settings (saved -> now):\n  "
+                + "\n  ".join(diff)
+                + f"\nTo keep both, rerun with another name (--name NEW); to start over, "
+                f"delete {cfg.study_dir}",
+                file=sys.stderr,
+                flush=True,
             )
+            raise SystemExit(2)
         print(f"resuming study {cfg.name} in {cfg.study_dir}", flush=True)
     cfg.study_dir.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps({"config": cfg.to_json(), "resume_key": cfg.resume_key()}, indent=1))
@@ -50,21 +57,25 @@ def run_study(cfg: StudyConfig) -> dict[str, Any]:
     data = prepare_data(cfg, write_artifacts=lead)
     if lead:
         _data_figures(cfg, data)
-    outcome = search_families(cfg, data, role, t0)
+    outcome = search_families(cfg, data, role)
     if not lead:
         print(f"worker {role}: no trials left; the chief chooses the winner", flush=True)
         return {"role": role}
+    if not outcome.done:
+        raise SystemExit(f"no trial finished ({outcome.stopped}): no winner to choose")
     from study.fmt import fmt_duration
     from study.select.winner import finish_study, write_summary
 
     summary = finish_study(cfg, data, outcome.skipped, outcome.used)
     summary["seconds"] = time.monotonic() - t0  # this run only; trial_seconds spans all runs
+    summary["stopped"] = outcome.stopped
     write_summary(cfg.study_dir, summary)
     _print_winner(summary)
     _write_report(cfg)
     print(
         f"done in {fmt_duration(summary['seconds'])} this run; its {summary['n_trials']} trials "
-        f"trained for {fmt_duration(summary['trial_seconds'])} over all runs: {cfg.study_dir}",
+        f"trained for {fmt_duration(summary['trial_seconds'])} over all runs; "
+        f"stopped: {outcome.stopped}: {cfg.study_dir}",
         flush=True,
     )
     return summary

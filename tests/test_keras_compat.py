@@ -62,6 +62,19 @@ def test_stop_new_trials_stops_the_next_trial(tmp_path: Path) -> None:
     assert oracle.create_trial("u").status == kt.engine.trial.TrialStatus.STOPPED
 
 
+def test_stop_new_trials_stops_an_oracle_with_no_trial_yet(tmp_path: Path) -> None:
+    """A family reached after the deadline: its oracle must not hand out a first trial."""
+    for kind, kwargs in (
+        (kt.Hyperband, {"max_epochs": 3}),
+        (kt.RandomSearch, {"max_trials": 5}),
+        (kt.BayesianOptimization, {"max_trials": 5}),
+    ):
+        oracle = _tuner(kind, tmp_path / kind.__name__, **kwargs).oracle
+        keras_compat.stop_new_trials(oracle)
+        assert oracle.create_trial("t").status == kt.engine.trial.TrialStatus.STOPPED, kind
+        assert not oracle.trials, kind
+
+
 class _Epochs(keras.callbacks.Callback):
     """Records the epochs fit ran; optionally drops the epoch a backup restored."""
 

@@ -606,6 +606,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "test_source": test_source,
         "carved": test_source == "carved from train",
         "n_trials": sum(r["family"] != ENSEMBLE_FAMILY for r in board["rows"]),
+        "stopped": (summary or {}).get("stopped", ""),
         "study_seconds": fmt_duration(
             (summary or {}).get("trial_seconds", (summary or {}).get("seconds"))
         ),

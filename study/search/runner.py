@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -27,10 +28,13 @@ if TYPE_CHECKING:  # the config is passed down; the search stage never imports i
 
 @dataclass
 class SearchOutcome:
-    """What the search leaves for selection: families that did not run, weights used."""
+    """What the search leaves for selection: families that did not run, weights used,
+    and why the search stopped (for the summary)."""
 
     skipped: dict[str, str]
     used: dict[str, str]
+    stopped: str = ""
+    done: int = 0  # trials finished over all runs
 
 
 def share_budget(budget: int, families: list[str]) -> dict[str, int]:
@@ -83,25 +87,28 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
     return runnable, skipped, used
 
 
-def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> SearchOutcome:
-    """One Keras-Tuner search per runnable family; families that cannot run are skipped."""
+def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutcome:
+    """One Keras-Tuner search per runnable family; families that cannot run are skipped.
+
+    The time budget counts from the first family's search (data preparation and model
+    setup excluded), so even a short one lets a first trial start. On one machine a
+    family that would start after it is not searched at all; in distributed mode the
+    chief's oracle answers STOPPED instead, so its workers move on with it.
+    """
     runnable, skipped, used = resolve_families(cfg)
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
-    shares = share_budget(cfg.budget, list(runnable))
-    print(
-        "budget: "
-        + ", ".join(f"{f} {n} trials" for f, n in shares.items())
-        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
-        flush=True,
-    )
-    progress = StudyProgress.resume(sum(shares.values()), load_trials(cfg.study_dir))
-    deadline = t0 + cfg.time_budget * 60 if cfg.time_budget else None
+    shares, finished = _announce_budget(cfg, list(runnable), skipped)
+    progress = StudyProgress.resume(sum(shares.values()), finished)
+    deadline: float | None = None  # set when the first search starts
     val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
             use_family_port(i)
+        elif deadline is not None and time.monotonic() > deadline:
+            _skip_after_deadline(cfg, fam, finished, skipped)
+            continue
         ctx = TrialContext(
             cfg.study_dir,
             fam,
@@ -114,17 +121,67 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str, t0: float) -> 
             cfg.verbose,
             deadline,
             shares[fam],
+            role,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         train_ds = train_dataset(
             data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
         )
+        if cfg.time_budget and deadline is None:
+            deadline = ctx.deadline = time.monotonic() + cfg.time_budget * 60
         failure = _search_one(tuner, train_ds, val_ds, steps, cfg)
         if failure:
             skipped[fam] = failure
             print(f"family {fam}: FAILED - {failure}", file=sys.stderr, flush=True)
         tf.keras.backend.clear_session()
-    return SearchOutcome(skipped, used)
+    done = len(load_trials(cfg.study_dir))
+    timed_out = deadline is not None and time.monotonic() > deadline
+    stopped = stop_reason(cfg, done, sum(shares.values()), timed_out)
+    return SearchOutcome(skipped, used, stopped, done)
+
+
+def _announce_budget(
+    cfg: StudyConfig, runnable: list[str], skipped: dict[str, str]
+) -> tuple[dict[str, int], list[dict[str, Any]]]:
+    """Each family's share, printed; and the trials earlier runs finished."""
+    shares = share_budget(cfg.budget, runnable)
+    print(
+        "budget: "
+        + ", ".join(f"{f} {n} trials" for f, n in shares.items())
+        + (f" (skipped: {', '.join(skipped)})" if skipped else ""),
+        flush=True,
+    )
+    finished = load_trials(cfg.study_dir)
+    if len(finished) > cfg.budget:
+        print(budget_below_finished(cfg.budget, len(finished)), flush=True)
+    return shares, finished
+
+
+def _skip_after_deadline(
+    cfg: StudyConfig, fam: str, finished: list[dict[str, Any]], skipped: dict[str, str]
+) -> None:
+    """A family reached after the deadline is not searched; without trials from an
+    earlier run it has no model, and the summary says why."""
+    if not any(t["family"] == fam for t in finished):
+        skipped[fam] = f"time budget of {cfg.time_budget:g} min reached before it started"
+    print(f"time budget reached: family {fam} not searched", flush=True)
+
+
+def budget_below_finished(budget: int, finished: int) -> str:
+    return (
+        f"budget {budget} is below the {finished} trials already finished: no new trial "
+        f"runs, and the winner is chosen among those {finished}"
+    )
+
+
+def stop_reason(cfg: StudyConfig, done: int, planned: int, timed_out: bool) -> str:
+    """Why the search ended, in words for the summary and the final line."""
+    if done >= planned:
+        extra = f" ({budget_below_finished(planned, done)})" if done > planned else ""
+        return f"budget of {planned} trials done{extra}"
+    if timed_out:
+        return f"time budget of {cfg.time_budget:g} min reached after {done} of {planned} trials"
+    return f"search ended after {done} of {planned} trials (see skipped families and the log)"
 
 
 def _search_one(tuner: Any, train_ds: Any, val_ds: Any, steps: int, cfg: StudyConfig) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import shutil
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -138,9 +139,25 @@ class TrialContext:
     verbose: int
     deadline: float | None  # time.monotonic() value after which no trial starts
     budget: int
+    role: str = "single"  # 'single', 'chief' or a worker id (see runner.tuner_role)
+
+    def past_deadline(self) -> bool:
+        return self.deadline is not None and time.monotonic() > self.deadline
 
     def trial_dir(self, trial_id: str) -> Path:
         return self.study_dir / "trials" / f"{self.family}-{trial_id}"
+
+
+class TrialTensorBoard(keras.callbacks.TensorBoard):
+    """TensorBoard logs of one trial in results/<study>/tensorboard/<family>-<trial_id>/.
+
+    Its own class name on purpose: Keras-Tuner rewrites the ``log_dir`` of callbacks
+    named ``TensorBoard`` to ``<log_dir>/<trial_id>/execution0``; this one keeps the
+    study's layout. Epoch scalars only (no graph, histograms or profiling): cheap.
+    """
+
+    def __init__(self, log_dir: Path) -> None:
+        super().__init__(str(log_dir), histogram_freq=0, write_graph=False, profile_batch=0)
 
 
 class TrialArtifacts(keras.callbacks.Callback):
@@ -200,6 +217,7 @@ def trial_callbacks(
         # Backup before the CSV row: a row on disk means its epoch can be resumed.
         ResumableTrial(trial_dir / "backup"),
         keras.callbacks.CSVLogger(str(trial_dir / "history.csv"), append=True),
+        TrialTensorBoard(ctx.study_dir / "tensorboard" / f"{ctx.family}-{trial.trial_id}"),
         ProgressLine(ctx.progress, ctx.family, trial.trial_id, describe),
         # Last: the best weights are back and history.csv is complete and closed.
         TrialArtifacts(ctx, trial, epochs_planned, time.monotonic()),
@@ -219,10 +237,37 @@ class StudyTuner(kt.Tuner):
         super().__init__(*args, **kwargs)
 
     def pre_create_trial(self) -> None:
-        """A passed deadline makes the oracle answer STOPPED: no new trial starts."""
-        if self.ctx.deadline is not None and time.monotonic() > self.ctx.deadline:
-            keras_compat.stop_new_trials(self.oracle)
-            self.ctx.progress.line(f"time budget reached: no new {self.ctx.family} trial")
+        """A passed deadline makes the oracle answer STOPPED: no new trial starts.
+
+        Not on a worker: its oracle is the chief's, which enforces the deadline for
+        every worker (see :meth:`search`); a worker's context has no deadline.
+        """
+        if self.ctx.role == "single" and self.ctx.past_deadline():
+            self._stop_at_deadline()
+
+    def _stop_at_deadline(self) -> None:
+        keras_compat.stop_new_trials(self.oracle)
+        self.ctx.progress.line(f"time budget reached: no new {self.ctx.family} trial")
+
+    def search(self, *fit_args: Any, **fit_kwargs: Any) -> None:
+        """On the chief, stop the oracle it serves to the workers at the deadline.
+
+        The chief only serves its oracle while the workers train, so a timer stops it;
+        each worker's next request is then answered STOPPED, the same way a used-up
+        budget ends its search loop (and lets the chief's server finish).
+        """
+        if self.ctx.role != "chief" or self.ctx.deadline is None:
+            return super().search(*fit_args, **fit_kwargs)
+        if self.ctx.past_deadline():
+            self._stop_at_deadline()
+        wait = max(0.0, self.ctx.deadline - time.monotonic())
+        timer = threading.Timer(wait, self._stop_at_deadline)
+        timer.daemon = True
+        timer.start()
+        try:
+            return super().search(*fit_args, **fit_kwargs)
+        finally:
+            timer.cancel()
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
         """Keras-Tuner's run_trial (build, fit, best-epoch checkpoint) plus our callbacks."""
