@@ -516,9 +516,24 @@ def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
     order = np.concatenate([np.flatnonzero(y == 1), np.flatnonzero(y == 0)])
     auc, v10, v01 = _placements(np.stack([sa[order], sb[order]]), m)
     cov = np.cov(v10) / m + np.cov(v01) / n
+    return {
+        "test": "DeLong",
+        "metric": "AUC",
+        "auc_a": float(auc[0]),
+        "auc_b": float(auc[1]),
+        "var_a": float(cov[0, 0]),
+        "var_b": float(cov[1, 1]),
+        "cov_ab": float(cov[0, 1]),
+        **_auc_z_test(auc, cov),
+        "n_pos": m,
+        "n_neg": n,
+    }
+
+
+def _auc_z_test(auc: np.ndarray, cov: np.ndarray) -> dict[str, Any]:
+    """Two correlated AUCs and their 2x2 covariance -> difference, SE, 95% CI, z, p (normal)."""
     diff = float(auc[0] - auc[1])
-    var = float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1])
-    se = math.sqrt(max(var, 0.0))
+    se = math.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0))
     if se > 0:
         z = diff / se
         pval = float(2 * sps.norm.sf(abs(z)))
@@ -526,22 +541,13 @@ def delong(y_true: Any, score_a: Any, score_b: Any) -> dict[str, Any]:
         z, pval = 0.0, 1.0 if diff == 0 else 0.0
     q = float(sps.norm.ppf(0.975))
     return {
-        "test": "DeLong",
-        "metric": "AUC",
-        "auc_a": float(auc[0]),
-        "auc_b": float(auc[1]),
         "value_a": float(auc[0]),
         "value_b": float(auc[1]),
-        "var_a": float(cov[0, 0]),
-        "var_b": float(cov[1, 1]),
-        "cov_ab": float(cov[0, 1]),
         "diff": diff,
         "se": se,
         "diff_ci95": [diff - q * se, diff + q * se],
         "z": float(z),
         "p_value": pval,
-        "n_pos": m,
-        "n_neg": n,
     }
 
 
@@ -577,21 +583,10 @@ def obuchowski(y_true: Any, score_a: Any, score_b: Any, groups: Any) -> dict[str
     s01 = i01 / ((i01 - 1) * n) * (c01 @ c01.T)
     s11 = n_groups / (n_groups - 1) * (c10 @ c01.T)
     cov = s10 / m + s01 / n + (s11 + s11.T) / (m * n)
-    diff = float(auc[0] - auc[1])
-    se = math.sqrt(max(float(cov[0, 0] + cov[1, 1] - 2 * cov[0, 1]), 0.0))
-    z = diff / se if se > 0 else 0.0
-    pval = float(2 * sps.norm.sf(abs(z))) if se > 0 else (1.0 if diff == 0 else 0.0)
-    q = float(sps.norm.ppf(0.975))
     return {
         "test": "Obuchowski",
         "metric": "AUC",
-        "value_a": float(auc[0]),
-        "value_b": float(auc[1]),
-        "diff": diff,
-        "se": se,
-        "diff_ci95": [diff - q * se, diff + q * se],
-        "z": float(z),
-        "p_value": pval,
+        **_auc_z_test(auc, cov),
         "n_groups": n_groups,
         "n_pos": m,
         "n_neg": n,

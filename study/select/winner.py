@@ -149,28 +149,13 @@ def finish_study(
     test_probs: dict[str, np.ndarray] = {}
     for fam, t in bests.items():
         model = keras.saving.load_model(Path(t["dir"]) / "best.keras")
-        val_p, test_p = (
-            predict(model, data.val, cfg.batch_size),
-            predict(model, data.test, cfg.batch_size),
+        weights = weights_used.get(fam, "none (trained from scratch)")
+        families[fam], test_probs[fam] = score_candidate(
+            cfg, data, model, study_dir / "families" / fam, f"{fam}-{t['trial_id']}", weights
         )
-        threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
-        test_probs[fam] = test_p
-        fam_dir = study_dir / "families" / fam
-        write_predictions(fam_dir / "val_predictions.csv", data.val, val_p)
-        write_predictions(fam_dir / "test_predictions.csv", data.test, test_p)
-        families[fam] = {
-            "trial": f"{fam}-{t['trial_id']}",
-            "threshold": threshold,
-            "threshold_rule": rule,
-            "val": stats.binary_metrics(data.val.labels, val_p, threshold),
-            "test": stats.binary_metrics(data.test.labels, test_p, threshold)
-            if len(data.test.labels)
-            else {},
-            "weights": weights_used.get(fam, "none (trained from scratch)"),
-        }
         # families/<fam>/winner/ is this family's best, loadable like the winner itself.
         infos[fam] = model_info(cfg, data, t, families[fam], skipped)
-        export_winner(model, infos[fam], fam_dir)
+        export_winner(model, infos[fam], study_dir / "families" / fam)
     # Ensembles of the top trials compete on the same objective (study.select.ensemble).
     best = best_candidate(trials, candidate_ensembles(trials))
     win_fam = best["family"]
@@ -190,30 +175,45 @@ def finish_study(
     return summary
 
 
-def export_ensemble(
-    cfg: StudyConfig, data: StudyData, record: dict[str, Any], skipped: dict[str, str]
-) -> dict[str, Any]:
-    """Build the winning ensemble as one model, set its threshold on validation, test it
-    once and export it as the study's winner; returns its winner.json (with ``members``)."""
-    model = load_ensemble_model(record)
+def score_candidate(
+    cfg: StudyConfig, data: StudyData, model: Any, out_dir: Path, name: str, weights: str
+) -> tuple[dict[str, Any], np.ndarray]:
+    """A finalist's threshold (chosen on validation), its val and test metrics and its
+    prediction CSVs in ``out_dir``; returns that entry and its test probabilities."""
     val_p, test_p = (
         predict(model, data.val, cfg.batch_size),
         predict(model, data.test, cfg.batch_size),
     )
     threshold, rule = stats.choose_threshold(data.val.labels, val_p, cfg.min_sensitivity)
-    ens_dir = cfg.study_dir / "families" / record["family"]
-    write_predictions(ens_dir / "val_predictions.csv", data.val, val_p)
-    write_predictions(ens_dir / "test_predictions.csv", data.test, test_p)
-    fam_info = {
-        "trial": f"{record['family']}-{record['trial_id']}",
+    write_predictions(out_dir / "val_predictions.csv", data.val, val_p)
+    write_predictions(out_dir / "test_predictions.csv", data.test, test_p)
+    entry = {
+        "trial": name,
         "threshold": threshold,
         "threshold_rule": rule,
         "val": stats.binary_metrics(data.val.labels, val_p, threshold),
         "test": stats.binary_metrics(data.test.labels, test_p, threshold)
         if len(data.test.labels)
         else {},
-        "weights": "members' own (see members)",
+        "weights": weights,
     }
+    return entry, test_p
+
+
+def export_ensemble(
+    cfg: StudyConfig, data: StudyData, record: dict[str, Any], skipped: dict[str, str]
+) -> dict[str, Any]:
+    """Build the winning ensemble as one model, set its threshold on validation, test it
+    once and export it as the study's winner; returns its winner.json (with ``members``)."""
+    model = load_ensemble_model(record)
+    fam_info, _ = score_candidate(
+        cfg,
+        data,
+        model,
+        cfg.study_dir / "families" / record["family"],
+        f"{record['family']}-{record['trial_id']}",
+        "members' own (see members)",
+    )
     info = model_info(cfg, data, record, fam_info, skipped) | {"members": record["members"]}
     export_winner(model, info, cfg.study_dir)
     return info
