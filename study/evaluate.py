@@ -60,6 +60,8 @@ def evaluate(model_path: Path, data_dir: Path, split: str | None) -> dict:
         if batch:
             probs.append(winner.predict_batch(np.stack(batch)))
             labels += ys
+    if not probs:
+        raise SystemExit(f"error: no readable image in {data_dir} ({len(failed)} unreadable)")
     y, p = np.array(labels), np.concatenate(probs)
     m = binary_metrics(y, p, winner.threshold)
     out = {k: m[k] for k in KEYS if k in m}

@@ -314,6 +314,10 @@ def make_tuner(
     )
     if kind != "hyperband":
         return TUNER_CLASSES[kind](max_trials=ctx.budget, **common)
-    tuner = StudyHyperband(max_epochs=max_epochs, factor=3, **common)
+    # One Hyperband iteration holds a fixed number of trials (30 at 12 epochs); the budget,
+    # not the iteration count, must bound the search, so iterate until the cap stops it.
+    # A resumed oracle reloads its saved count, hence the assignment after construction.
+    tuner = StudyHyperband(max_epochs=max_epochs, factor=3, hyperband_iterations=0, **common)
+    tuner.oracle.hyperband_iterations = float("inf")
     keras_compat.cap_trials(tuner.oracle, ctx.budget)
     return tuner

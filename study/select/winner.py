@@ -108,7 +108,8 @@ def model_info(
         "validation": fam_info["val"],
         "test": fam_info["test"],
         "test_source": data.plan.test_source,
-        "selection": "best validation ROC-AUC over all trials; the test split was used only "
+        "selection": "best exact validation ROC-AUC over all trials and top-k ensembles; the test "
+        "split was used only "
         "to evaluate, never to select a model or a threshold",
         "data_fingerprint": data.fingerprint,
         "split_sizes": data.plan.sizes(),
