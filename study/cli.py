@@ -59,6 +59,8 @@ def _report_command(argv: list[str]) -> int:
     )
     p.add_argument("--study", type=Path, required=True, help="results/<study> folder")
     args = p.parse_args(argv)
+    if not args.study.is_dir():  # before TensorFlow loads and logs to stderr
+        raise FileNotFoundError(f"no study folder {args.study}")
     from study.report.page import write_report
 
     print(write_report(args.study))
