@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,16 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--no-first-run",
 ]
+
+
+@pytest.fixture(autouse=True)
+def _float32_policy():
+    """Every test starts in float32: a hypermodel's build() sets Keras' global dtype policy
+    (mixed_bfloat16 for some families), and a leaked policy changes later tests' numbers."""
+    yield
+    keras = sys.modules.get("keras")
+    if keras is not None:
+        keras.mixed_precision.set_global_policy("float32")
 
 
 def _dir(env: str, default: Path) -> Path:
