@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import csv
 import json
 import subprocess
 import sys
@@ -15,7 +14,7 @@ from sklearn.metrics import roc_auc_score
 
 from study.report.gradcam import gradcam
 from study.report.page import leaderboard_section
-from study.search.trial_log import load_trials, objective
+from study.search.trial_log import load_trials, objective, write_val_predictions
 from study.select.ensemble import (
     ENSEMBLE_FAMILY,
     best_candidate,
@@ -50,11 +49,7 @@ def _write_trial(
         "seconds": 1.0,
     }
     (d / "trial.json").write_text(json.dumps(trial | extra))
-    with (d / "val_predictions.csv").open("w", newline="") as f:
-        w = csv.writer(f)
-        w.writerow(["file", "label", "probability_pneumonia"])
-        for p, y, q in zip(files, labels, probs, strict=True):
-            w.writerow([p, int(y), f"{float(q):.6f}"])
+    write_val_predictions(d, files, labels, probs)
     return d
 
 

@@ -20,6 +20,9 @@ VERDICT_RULE = (
 )
 
 
+VAL_PREDICTIONS = "val_predictions.csv"
+
+
 def read_history(csv_path: Path) -> list[dict[str, float]]:
     """CSVLogger rows (appended across resumes), one per epoch, deduplicated by epoch."""
     if not csv_path.is_file():
@@ -134,12 +137,31 @@ def write_trial(
         "dtype_policy": precision,
     }
     (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
-    with (trial_dir / "val_predictions.csv").open("w", newline="") as f:
+    write_val_predictions(trial_dir, val_paths, val_labels, val_probs)
+    return summary
+
+
+def write_val_predictions(
+    trial_dir: Path, paths: list[str], labels: np.ndarray, probs: np.ndarray
+) -> None:
+    """A trial's validation predictions: what the objective, ensembles and reports read."""
+    with (trial_dir / VAL_PREDICTIONS).open("w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["file", "label", "probability_pneumonia"])
-        for p, y, q in zip(val_paths, val_labels, val_probs, strict=True):
+        for p, y, q in zip(paths, labels, probs, strict=True):
             w.writerow([p, int(y), f"{float(q):.6f}"])
-    return summary
+
+
+def read_val_predictions(trial_dir: Path) -> dict[str, tuple[int, float]]:
+    """file -> (label, probability) from :func:`write_val_predictions`'s file."""
+    path = trial_dir / VAL_PREDICTIONS
+    out: dict[str, tuple[int, float]] = {}
+    with path.open() as f:
+        for row in csv.DictReader(f):
+            if row["file"] in out:
+                raise ValueError(f"{path}: file {row['file']!r} appears twice")
+            out[row["file"]] = (int(row["label"]), float(row["probability_pneumonia"]))
+    return out
 
 
 def load_trials(study_dir: Path) -> list[dict[str, Any]]:

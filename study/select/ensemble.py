@@ -16,7 +16,6 @@ study's config, so trials that record neither all qualify.
 
 from __future__ import annotations
 
-import csv
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from study.search.trial_log import exact_roc_auc, objective
+from study.search.trial_log import exact_roc_auc, objective, read_val_predictions
 
 ENSEMBLE_FAMILY = "ensemble"
 K_VALUES = (2, 3, 4, 5)
@@ -82,25 +81,13 @@ def _input_key(trial: dict[str, Any]) -> str:
     return json.dumps([trial.get("preprocess"), trial.get("image_size")], sort_keys=True)
 
 
-def read_val_predictions(trial: dict[str, Any]) -> dict[str, tuple[int, float]]:
-    """file -> (label, probability) from a trial's val_predictions.csv."""
-    path = Path(trial["dir"]) / "val_predictions.csv"
-    out: dict[str, tuple[int, float]] = {}
-    with path.open() as f:
-        for row in csv.DictReader(f):
-            if row["file"] in out:
-                raise ValueError(f"{path}: file {row['file']!r} appears twice")
-            out[row["file"]] = (int(row["label"]), float(row["probability_pneumonia"]))
-    return out
-
-
 def average_predictions(members: list[dict[str, Any]]) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(files, labels, mean probability) over the members, aligned by file path.
 
     Members scored on different validation files (or disagreeing on a label) cannot be
     averaged: that is an error, never a silent intersection.
     """
-    preds = [read_val_predictions(t) for t in members]
+    preds = [read_val_predictions(Path(t["dir"])) for t in members]
     files = sorted(preds[0])
     for t, p in zip(members[1:], preds[1:], strict=True):
         missing, extra = set(files) - set(p), set(p) - set(files)
