@@ -15,6 +15,7 @@ from typing import Any
 import keras
 import keras_tuner as kt
 
+from search_spaces.inputs import InputSpace, declare_inputs
 from study.models.layers import SpaceToDepth
 from study.models.metrics import compile_metrics
 from study.models.weights import WeightsSource
@@ -34,9 +35,11 @@ class CustomCNNHyperModel(kt.HyperModel):
         seed: int,
         weights: WeightsSource | None = None,
         precision: str | None = None,
+        inputs: InputSpace | None = None,
     ) -> None:
         super().__init__(name=self.family, tunable=True)
         self.image_size = int(image_size)
+        self.inputs = inputs or InputSpace.fixed(image_size)
         self.seed = int(seed)
         self.weights = weights  # ignored: trained from random init by design
         self.precision = precision
@@ -84,8 +87,8 @@ class CustomCNNHyperModel(kt.HyperModel):
             # right before each build, so this family's precision is set here.
             keras.mixed_precision.set_global_policy(self.precision)
         keras.utils.set_random_seed(self.seed)
+        s = declare_inputs(hp, self.inputs).image_size
         v = self.declare(hp)
-        s = self.image_size
         inputs = keras.Input((s, s, 1), name="image", dtype="float32")
         x = _stem(inputs, v["stem"], v["filters"])
         for stage in range(v["stages"]):

@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
-from dataclasses import MISSING, Field, asdict, dataclass, field, fields
+from dataclasses import MISSING, Field, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, get_type_hints
 
 from search_spaces import FAMILIES, FAMILY_NAMES, PRECISION_CHOICES
-from study.data.augment import AugmentConfig
-from study.data.preprocess import PreprocessConfig
+from search_spaces.inputs import InputSpace
+from study.data.augment import AUGMENT_NAMES
+from study.data.preprocess import NORMALISE_MODES, PreprocessConfig
 from study.data.records import DEFAULT_SEED, TEST_FRACTION, VAL_FRACTION
 from study.paths import (
     CACHE_DIR_ENV,
@@ -29,7 +30,7 @@ from study.paths import (
     RESULTS_DIR_ENV,
     WEIGHTS_DIR_ENV,
 )
-from study.search import TUNERS
+from study.search import OBJECTIVE_HELP, OBJECTIVE_NAMES, TUNERS
 
 
 def setting(default: Any, help: str, **more: Any) -> Any:
@@ -89,7 +90,27 @@ class StudyConfig:
         **NO_RESUME,
     )
     families: tuple[str, ...] = setting(FAMILY_NAMES, "comma-separated families to search")
-    image_size: int = setting(128, "square model input in pixels (the cache is built at this size)")
+    image_sizes: tuple[int, ...] = setting(
+        (128, 160, 224),
+        "square model input sizes in pixels the search chooses from (hyperparameter "
+        "image_size; one value = every trial's); each size's cache is built when a trial "
+        "first asks for it",
+        flag="--image-size",
+    )
+    normalise_modes: tuple[str, ...] = setting(
+        NORMALISE_MODES,
+        "exposure normalisations the search chooses from (hyperparameter normalise; "
+        "clahe also searches its clip limit); one value = every trial's",
+        flag="--normalise",
+        members=NORMALISE_MODES,
+    )
+    augment_modes: tuple[str, ...] = setting(
+        AUGMENT_NAMES,
+        "augmentation presets the search chooses from (hyperparameter augment; 'domain' = "
+        "domain randomisation of exposure, contrast, blur, noise, JPEG and resolution)",
+        flag="--augment",
+        members=AUGMENT_NAMES,
+    )
     tuner: str = setting(
         "hyperband",
         "Keras-Tuner oracle; hyperband runs early rounds for fewer epochs",
@@ -131,11 +152,37 @@ class StudyConfig:
     )
     workers: int = setting(2, "processes for preprocessing", **NO_RESUME)
     precision: str = setting("auto", _precision_help(), choices=PRECISION_CHOICES)
-    # Flags for these PreprocessConfig fields; its image_size is --image-size above.
-    preprocess: PreprocessConfig = field(
-        default_factory=PreprocessConfig, metadata={"flags": ("normalise", "resize")}
+    objective: str = setting(
+        "val_auc",
+        "what ranks trials and ensembles, from their saved predictions (a finished "
+        "study re-ranks without training): " + OBJECTIVE_HELP,
+        choices=OBJECTIVE_NAMES,
+        **NO_RESUME,
     )
-    augment: AugmentConfig = internal(default_factory=AugmentConfig)
+    # The base preprocessing (flag --resize); its image_size and normalise are the first
+    # of --image-size and --normalise, and each trial's own come from its hyperparameters.
+    preprocess: PreprocessConfig = field(
+        default_factory=PreprocessConfig, metadata={"flags": ("resize",)}
+    )
+
+    def __post_init__(self) -> None:
+        self.preprocess = replace(
+            self.preprocess,
+            image_size=int(self.image_sizes[0]),
+            normalise=self.normalise_modes[0],
+        )
+
+    @property
+    def image_size(self) -> int:
+        """The first searched size: data figures and fixed-input tools use it."""
+        return int(self.image_sizes[0])
+
+    def input_space(self) -> InputSpace:
+        return InputSpace(
+            tuple(int(s) for s in self.image_sizes),
+            tuple(self.normalise_modes),
+            tuple(self.augment_modes),
+        )
 
     @property
     def study_dir(self) -> Path:
@@ -206,8 +253,8 @@ def _add_field(p: argparse.ArgumentParser, f: Field, hint: Any) -> None:
         kw["choices"] = md["choices"]
     if hint == tuple[Path, ...]:
         kw.update(type=Path, action="append", default=[])
-    elif hint == tuple[str, ...]:
-        kw["default"] = ",".join(kw["default"])
+    elif hint in (tuple[str, ...], tuple[int, ...]):
+        kw["default"] = ",".join(str(v) for v in kw["default"])
     elif hint in (int, float, Path):
         kw["type"] = hint
     p.add_argument(flag_name(f), dest=f.name, **kw)
@@ -215,8 +262,14 @@ def _add_field(p: argparse.ArgumentParser, f: Field, hint: Any) -> None:
 
 def _value(hint: Any, raw: Any) -> Any:
     """A parsed flag as the field's type (inverse of :func:`_add_field`'s encoding)."""
-    if hint == tuple[str, ...]:
-        return tuple(s.strip() for s in raw.split(",") if s.strip())
+    if hint in (tuple[str, ...], tuple[int, ...]):
+        items = tuple(s.strip() for s in str(raw).split(",") if s.strip())
+        if hint == tuple[str, ...]:
+            return items
+        try:
+            return tuple(int(v) for v in items)
+        except ValueError:
+            raise SystemExit(f"expected comma-separated whole numbers, got {raw!r}") from None
     if hint == tuple[Path, ...]:
         return tuple(raw)
     return raw
@@ -263,6 +316,12 @@ def check(cfg: StudyConfig) -> StudyConfig:
     unknown = set(cfg.families) - set(FAMILY_NAMES)
     if unknown:
         raise SystemExit(f"unknown families {sorted(unknown)}; choose from {FAMILY_NAMES}")
+    for f in fields(StudyConfig):
+        members, values = f.metadata.get("members"), getattr(cfg, f.name)
+        if members and (not values or set(values) - set(members)):
+            raise SystemExit(f"{flag_name(f)}: choose one or more of {','.join(members)}")
+    if not cfg.image_sizes or min(cfg.image_sizes) < 16:
+        raise SystemExit("--image-size: one or more sizes of at least 16 pixels")
     if cfg.budget < 1:
         raise SystemExit("--budget must be at least 1")
     return cfg

@@ -1,6 +1,10 @@
 """Ranges of the on-the-fly augmentation (TF-free, so the config and --help stay light).
 
-The tf.data implementation is :func:`study.search.pipeline.augment_batch`.
+The tf.data implementation is :func:`study.search.pipeline.augment_batch`. Two presets
+form the closed set the search chooses from (:data:`AUGMENTATIONS`): ``standard``
+(positioning and mild exposure changes) and ``domain`` (domain randomisation: the
+wide photometric range of other hospitals' devices, so features cannot lean on one
+device's look).
 """
 
 from __future__ import annotations
@@ -21,6 +25,29 @@ class AugmentConfig:
     gamma: float = 0.30  # gamma in [1-g, 1+g]
     noise_std: float = 0.0  # Gaussian noise std; off by default: it halves pipeline speed
     blur_prob: float = 0.0  # probability of a 3x3 box blur per image (0 = off)
+    sharpen_prob: float = 0.0  # probability of an unsharp mask per image
+    lowres_prob: float = 0.0  # probability of a down-and-up resize (a coarser detector)
+    lowres_min: float = 0.4  # the smallest downscale factor of a resolution drop
+    jpeg_prob: float = 0.0  # probability of JPEG re-compression per batch (quality 30-90)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+STANDARD = AugmentConfig()
+DOMAIN = AugmentConfig(
+    rotation_deg=10.0,
+    shift=0.08,
+    zoom=0.20,
+    brightness=0.20,
+    contrast=0.50,
+    gamma=0.60,
+    noise_std=0.03,
+    blur_prob=0.25,
+    sharpen_prob=0.25,
+    lowres_prob=0.30,
+    jpeg_prob=0.30,
+)
+#: The augmentation presets a search chooses from, by name (hyperparameter ``augment``).
+AUGMENTATIONS: dict[str, AugmentConfig] = {"standard": STANDARD, "domain": DOMAIN}
+AUGMENT_NAMES: tuple[str, ...] = tuple(AUGMENTATIONS)

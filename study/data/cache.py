@@ -15,7 +15,7 @@ import sys
 import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -33,6 +33,7 @@ class ImageCache:
     failed: dict[str, str]
     reused: bool
     seconds: float
+    config: PreprocessConfig = field(default_factory=PreprocessConfig)
 
     def index_of(self) -> dict[str, int]:
         return {p: i for i, p in enumerate(self.paths)}
@@ -80,6 +81,7 @@ def build_cache(
             meta["failed"],
             True,
             time.perf_counter() - t0,
+            cfg,
         )
     ordered = sorted(paths)
     n = len(ordered)
@@ -110,4 +112,4 @@ def build_cache(
     tmp_meta = directory / f"index.{os.getpid()}.tmp.json"
     tmp_meta.write_text(json.dumps(meta))
     tmp_meta.replace(meta_path)  # last: its presence marks a complete cache
-    return ImageCache(directory, kept, images, failed, False, time.perf_counter() - t0)
+    return ImageCache(directory, kept, images, failed, False, time.perf_counter() - t0, cfg)

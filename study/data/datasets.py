@@ -11,7 +11,7 @@ import json
 import random
 import sys
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -20,6 +20,7 @@ import numpy as np
 from study.data import records as data_mod
 from study.data.audit import AuditReport, audit_dataset
 from study.data.cache import ImageCache, build_cache
+from study.data.preprocess import PreprocessConfig
 from study.data.records import ImageRecord, SplitPlan
 
 if TYPE_CHECKING:  # the config is passed down; the data stage never imports it at run time
@@ -45,6 +46,9 @@ class SplitArrays:
 
 @dataclass
 class StudyData:
+    """The study's splits as arrays through one preprocessing config (``cache.config``);
+    :meth:`at` gives the same splits through another, building its cache on first use."""
+
     plan: SplitPlan
     train: SplitArrays
     val: SplitArrays
@@ -52,6 +56,46 @@ class StudyData:
     fingerprint: str
     cache: ImageCache
     audit: AuditReport
+    cache_dir: Path = Path("cache")
+    workers: int = 2
+    _views: dict[str, StudyData] = field(default_factory=dict, repr=False)
+
+    @property
+    def preprocess(self) -> PreprocessConfig:
+        return self.cache.config
+
+    def at(self, pre: PreprocessConfig) -> StudyData:
+        """The same splits (same records, labels and order) through ``pre``.
+
+        Lazily built and cached on disk like the study's own cache; the two most recent
+        views stay in memory (a 224 px training split is about 200 MB).
+        """
+        if pre == self.preprocess:
+            return self
+        key = pre.key()
+        if key not in self._views:
+            if len(self._views) >= MAX_VIEWS:
+                self._views.pop(next(iter(self._views)))
+            cache = _build(self.plan, pre, self.cache_dir, self.workers)
+            self._views[key] = self.with_cache(cache)
+        return self._views[key]
+
+    def with_cache(self, cache: ImageCache) -> StudyData:
+        """A view of the same plan through ``cache`` (files it could not read drop out)."""
+        return StudyData(
+            self.plan,
+            _arrays(cache, self.plan.of("train")),
+            _arrays(cache, self.plan.of("val")),
+            _arrays(cache, self.plan.of("test")),
+            self.fingerprint,
+            cache,
+            self.audit,
+            self.cache_dir,
+            self.workers,
+        )
+
+
+MAX_VIEWS = 2  # other-preprocessing views kept in memory by StudyData.at
 
 
 def subset_by_patient(records: list[ImageRecord], n: int, seed: int) -> list[ImageRecord]:
@@ -142,10 +186,8 @@ def _write_artifacts(out: Path, plan: SplitPlan, audit: AuditReport) -> None:
     (out / "audit.json").write_text(json.dumps(audit_json, indent=1))
 
 
-def _cache(cfg: StudyConfig, plan: SplitPlan) -> ImageCache:
-    cache = build_cache(
-        [r.path for r in plan.records], cfg.preprocess, cfg.cache_dir, workers=cfg.workers
-    )
+def _build(plan: SplitPlan, pre: PreprocessConfig, cache_dir: Path, workers: int) -> ImageCache:
+    cache = build_cache([r.path for r in plan.records], pre, cache_dir, workers=workers)
     how = "reused" if cache.reused else "built"
     print(
         f"cache: {how} {cache.directory} ({len(cache.paths)} images, {cache.seconds:.1f}s)",
@@ -177,13 +219,8 @@ def prepare_data(cfg: StudyConfig, write_artifacts: bool = True) -> StudyData:
         _write_artifacts(out, plan, audit)
     print(audit.summary(), flush=True)
     print(plan.summary(), flush=True)
-    cache = _cache(cfg, plan)
-    return StudyData(
-        plan,
-        _arrays(cache, plan.of("train")),
-        _arrays(cache, plan.of("val")),
-        _arrays(cache, plan.of("test")),
-        fingerprint(plan.records),
-        cache,
-        audit,
-    )
+    cache = _build(plan, cfg.preprocess, cfg.cache_dir, cfg.workers)
+    empty = SplitArrays([], np.zeros(0), np.zeros(0))
+    fp = fingerprint(plan.records)
+    base = StudyData(plan, empty, empty, empty, fp, cache, audit, cfg.cache_dir, cfg.workers)
+    return base.with_cache(cache)

@@ -205,3 +205,71 @@ def build_shift_set(
         file=sys.stderr,
     )
     return ShiftSet(directory, kept, failed, False, seconds)
+
+
+# --------------------------------------------------------------------------- per-trial sample
+
+SAMPLE_STREAM = "sample"  # the seed stream that picks each image's condition
+
+
+def sample_conditions(n: int, seed: int) -> list[Condition]:
+    """Image i's condition in the shift sample: a pure function of (seed, i), so every
+    trial, whatever its preprocessing, sees each image under the same corruption."""
+    return [
+        CONDITIONS[int(condition_rng(seed, SAMPLE_STREAM, i).integers(len(CONDITIONS)))]
+        for i in range(n)
+    ]
+
+
+@dataclass
+class ShiftSample:
+    """Each validation image once, under one seeded random condition: what every trial is
+    scored on (the full grid of :func:`build_shift_set` is for the finalists)."""
+
+    paths: list[str]
+    conditions: list[Condition]
+    images: np.ndarray  # uint8 (n, S, S)
+
+
+def _sample_image(args: tuple[int, str, PreprocessConfig, int, Condition]) -> np.ndarray | str:
+    index, path, cfg, seed, (name, severity) = args
+    try:
+        base = windowed(decode(Path(path).read_bytes()).pixels, cfg)
+    except Exception as exc:  # unreadable: left out and listed, as in the cache
+        return f"{type(exc).__name__}: {exc}"
+    return finish(corrupt(base, name, severity, condition_rng(seed, name, index)), cfg)
+
+
+def build_shift_sample(
+    paths: Sequence[str], cfg: PreprocessConfig, cache_dir: Path, seed: int, workers: int = 2
+) -> ShiftSample:
+    """Load (or build once, then cache) the shift sample of ``paths`` under ``cfg``.
+
+    Image i under its condition equals row i of that condition in the full shift set
+    (same per-image seed), so trial scores and the finalists' grid agree.
+    """
+    ordered = sorted(paths)
+    key = shift_key(ordered, cfg, seed)
+    directory = Path(cache_dir) / "shift" / f"sample-{cfg.image_size}px-{key}"
+    conditions = sample_conditions(len(ordered), seed)
+    if (directory / "index.json").is_file():
+        meta = json.loads((directory / "index.json").read_text())
+        keep = {p: c for p, c in zip(ordered, conditions, strict=True)}
+        kept = meta["paths"]
+        return ShiftSample(kept, [keep[p] for p in kept], np.load(directory / "images.npy"))
+    directory.mkdir(parents=True, exist_ok=True)
+    jobs = [(i, p, cfg, seed, c) for i, (p, c) in enumerate(zip(ordered, conditions, strict=True))]
+    with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
+        results = list(pool.map(_sample_image, jobs))
+    ok = [i for i, r in enumerate(results) if not isinstance(r, str)]
+    if not ok:
+        raise ValueError(f"none of the {len(ordered)} validation files could be read")
+    images = np.stack([results[i] for i in ok])
+    tmp = directory / f"images.{os.getpid()}.tmp.npy"
+    np.save(tmp, images)
+    tmp.replace(directory / "images.npy")
+    kept = [ordered[i] for i in ok]
+    tmp_meta = directory / f"index.{os.getpid()}.tmp.json"
+    tmp_meta.write_text(json.dumps({"paths": kept, "config": cfg.to_dict(), "seed": seed}))
+    tmp_meta.replace(directory / "index.json")
+    return ShiftSample(kept, [conditions[i] for i in ok], images)

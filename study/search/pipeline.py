@@ -37,7 +37,7 @@ def _affine_matrices(batch: int, size: int, cfg: AugmentConfig, seeds: tf.Tensor
 def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.Tensor:
     """Augment a float (B, S, S, 1) batch in [0, 1] deterministically from ``seed`` (shape [2])."""
     batch, size = tf.shape(images)[0], images.shape[1]
-    seeds = tf.random.experimental.stateless_split(seed, num=8)
+    seeds = tf.random.experimental.stateless_split(seed, num=12)
     x = tf.raw_ops.ImageProjectiveTransformV3(
         images=images,
         transforms=_affine_matrices(batch, size, cfg, seeds),
@@ -46,20 +46,59 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
         interpolation="BILINEAR",
         fill_mode="CONSTANT",  # black, like the X-ray's own borders; 2x faster than NEAREST
     )
+    x = _photometric(x, batch, cfg, seeds[3:6])
+    x = _detector(x, batch, size, cfg, seeds[6:12])
+    return tf.clip_by_value(x, 0.0, 1.0)
+
+
+def _photometric(x: tf.Tensor, batch: tf.Tensor, cfg: AugmentConfig, seeds: tf.Tensor) -> tf.Tensor:
+    """Exposure (gamma), contrast around the mean and brightness, each per image."""
     per_image = [batch, 1, 1, 1]
-    gamma = tf.random.stateless_uniform(per_image, seeds[3], 1 - cfg.gamma, 1 + cfg.gamma)
+    gamma = tf.random.stateless_uniform(per_image, seeds[0], 1 - cfg.gamma, 1 + cfg.gamma)
     x = tf.pow(tf.clip_by_value(x, 1e-6, 1.0), gamma)
     mean = tf.reduce_mean(x, axis=[1, 2, 3], keepdims=True)
-    contrast = tf.random.stateless_uniform(per_image, seeds[4], 1 - cfg.contrast, 1 + cfg.contrast)
+    contrast = tf.random.stateless_uniform(per_image, seeds[1], 1 - cfg.contrast, 1 + cfg.contrast)
     x = (x - mean) * contrast + mean
-    x = x + tf.random.stateless_uniform(per_image, seeds[5], -cfg.brightness, cfg.brightness)
+    return x + tf.random.stateless_uniform(per_image, seeds[2], -cfg.brightness, cfg.brightness)
+
+
+def _where(prob: float, seed: tf.Tensor, batch: tf.Tensor, new: tf.Tensor, old: tf.Tensor):
+    """``new`` for a random ``prob`` share of the images, ``old`` for the rest."""
+    pick = tf.random.stateless_uniform([batch, 1, 1, 1], seed) < prob
+    return tf.where(pick, new, old)
+
+
+def _detector(
+    x: tf.Tensor, batch: tf.Tensor, size: int, cfg: AugmentConfig, seeds: tf.Tensor
+) -> tf.Tensor:
+    """What another device's detector and software do: noise, blur or sharpening, a
+    coarser resolution, JPEG re-compression. Each is off when its setting is 0."""
     if cfg.noise_std > 0:
-        x = x + tf.random.stateless_normal(tf.shape(x), seeds[6], stddev=cfg.noise_std)
+        x = x + tf.random.stateless_normal(tf.shape(x), seeds[0], stddev=cfg.noise_std)
     if cfg.blur_prob > 0:
-        blurred = tf.nn.avg_pool2d(x, 3, 1, "SAME")
-        pick = tf.random.stateless_uniform(per_image, seeds[7]) < cfg.blur_prob
-        x = tf.where(pick, blurred, x)
-    return tf.clip_by_value(x, 0.0, 1.0)
+        x = _where(cfg.blur_prob, seeds[1], batch, tf.nn.avg_pool2d(x, 3, 1, "SAME"), x)
+    if cfg.sharpen_prob > 0:
+        sharp = x + (x - tf.nn.avg_pool2d(x, 3, 1, "SAME"))  # unsharp mask, amount 1
+        x = _where(cfg.sharpen_prob, seeds[2], batch, sharp, x)
+    if cfg.lowres_prob > 0:
+        factor = tf.random.stateless_uniform([], seeds[3], cfg.lowres_min, 1.0)
+        small = tf.cast(tf.round(factor * size), tf.int32)
+        coarse = tf.image.resize(tf.image.resize(x, [small, small], "area"), [size, size])
+        x = _where(cfg.lowres_prob, seeds[4], batch, coarse, x)
+    if cfg.jpeg_prob > 0:
+        x = _jpeg(tf.clip_by_value(x, 0.0, 1.0), cfg.jpeg_prob, seeds[5])
+    return x
+
+
+def _jpeg(x: tf.Tensor, prob: float, seed: tf.Tensor) -> tf.Tensor:
+    """JPEG re-compression of the whole batch (one random quality in 30-90) with ``prob``."""
+    s = tf.random.experimental.stateless_split(seed, num=2)
+    quality = tf.random.stateless_uniform([], s[0], 30, 91, tf.int32)
+
+    def compress() -> tf.Tensor:
+        return tf.map_fn(lambda im: tf.image.adjust_jpeg_quality(im, quality), x)
+
+    return tf.cond(tf.random.stateless_uniform([], s[1]) < prob, compress, lambda: x)
 
 
 def _to_input(images: tf.Tensor) -> tf.Tensor:

@@ -18,7 +18,8 @@ import tensorflow as tf
 
 from search_spaces import FAMILIES, dtype_policy
 from study.data.datasets import StudyData
-from study.search.pipeline import eval_dataset, steps_per_epoch, train_dataset
+from study.search.pipeline import steps_per_epoch
+from study.search.trial_inputs import InputSource
 from study.search.trial_log import load_trials
 from study.search.tuning import StudyProgress, TrialContext, make_tuner
 
@@ -70,10 +71,11 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
     for fam in cfg.families:
         hypermodel = FAMILIES[fam].hypermodel_class()
         precision = dtype_policy(fam, cfg.precision)
+        common = dict(
+            image_size=cfg.image_size, seed=cfg.seed, precision=precision, inputs=cfg.input_space()
+        )
         if not FAMILIES[fam].needs_weights:
-            runnable[fam] = hypermodel(
-                image_size=cfg.image_size, seed=cfg.seed, weights=None, precision=precision
-            )
+            runnable[fam] = hypermodel(weights=None, **common)
             continue
         src = resolve_imagenet_weights(fam, cfg.weights_dir)
         if not src.available:
@@ -81,9 +83,7 @@ def resolve_families(cfg: StudyConfig) -> tuple[dict[str, Any], dict[str, str], 
             print(f"family {fam}: SKIPPED - {src.reason}", flush=True)
             continue
         used[fam] = f"ImageNet ({src.kind}: {Path(src.path).name})"
-        runnable[fam] = hypermodel(
-            image_size=cfg.image_size, seed=cfg.seed, weights=src, precision=precision
-        )
+        runnable[fam] = hypermodel(weights=src, **common)
     return runnable, skipped, used
 
 
@@ -99,9 +99,9 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
     if not runnable:
         raise SystemExit(f"no family can run: {skipped}")
     shares, finished = _announce_budget(cfg, list(runnable), skipped)
-    progress = StudyProgress.resume(sum(shares.values()), finished)
+    progress = StudyProgress.resume(sum(shares.values()), finished, cfg.objective)
     deadline: float | None = None  # set when the first search starts
-    val_ds = eval_dataset(data.val.images, data.val.labels, cfg.batch_size)
+    inputs = InputSource(data, cfg.batch_size, cfg.seed)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
     for i, (fam, hypermodel) in enumerate(runnable.items()):
         if role != "single":
@@ -114,9 +114,7 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
             fam,
             cfg.patience,
             progress,
-            val_ds,
-            data.val.paths,
-            data.val.labels,
+            inputs,
             used.get(fam, "none (trained from scratch)"),
             cfg.verbose,
             deadline,
@@ -124,12 +122,9 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
             role,
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
-        train_ds = train_dataset(
-            data.train.images, data.train.labels, cfg.batch_size, cfg.seed, cfg.augment
-        )
         if cfg.time_budget and deadline is None:
             deadline = ctx.deadline = time.monotonic() + cfg.time_budget * 60
-        failure = _search_one(tuner, train_ds, val_ds, steps, cfg)
+        failure = _search_one(tuner, steps, cfg)
         if failure:
             skipped[fam] = failure
             print(f"family {fam}: FAILED - {failure}", file=sys.stderr, flush=True)
@@ -184,16 +179,13 @@ def stop_reason(cfg: StudyConfig, done: int, planned: int, timed_out: bool) -> s
     return f"search ended after {done} of {planned} trials (see skipped families and the log)"
 
 
-def _search_one(tuner: Any, train_ds: Any, val_ds: Any, steps: int, cfg: StudyConfig) -> str:
-    """Run one family's search; the reason it stopped early, or '' when it finished."""
+def _search_one(tuner: Any, steps: int, cfg: StudyConfig) -> str:
+    """Run one family's search; the reason it stopped early, or '' when it finished.
+
+    No datasets here: each trial's come from its input hyperparameters (StudyTuner.run_trial).
+    """
     try:
-        tuner.search(
-            train_ds,
-            steps_per_epoch=steps,
-            epochs=cfg.max_epochs,
-            validation_data=val_ds,
-            verbose=cfg.verbose,
-        )
+        tuner.search(steps_per_epoch=steps, epochs=cfg.max_epochs, verbose=cfg.verbose)
     except RuntimeError as exc:  # Keras-Tuner gives up after repeated trial failures
         if "consecutive failures" not in str(exc):
             raise

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from study.search import OBJECTIVE_NAMES
 
 # The rule behind the verdict, stated once so the report can quote it.
 VERDICT_RULE = (
@@ -21,6 +24,18 @@ VERDICT_RULE = (
 
 
 VAL_PREDICTIONS = "val_predictions.csv"
+SHIFT_PREDICTIONS = "shift_predictions.csv"
+DEFAULT_OBJECTIVE = OBJECTIVE_NAMES[0]
+
+
+@dataclass(frozen=True)
+class ShiftPredictions:
+    """A model's probabilities on the shift sample: each file under its condition."""
+
+    paths: list[str]
+    conditions: list[tuple[str, int]]
+    labels: np.ndarray
+    probs: np.ndarray
 
 
 def read_history(csv_path: Path) -> list[dict[str, float]]:
@@ -75,14 +90,24 @@ def fit_verdict(history: list[dict[str, float]], exact_auc: float | None = None)
     return "good fit", f"best val AUC {val_auc[best]:.3f} at epoch {best + 1}, gap {gap:+.3f}"
 
 
-def objective(trial: dict[str, Any]) -> float:
-    """The study's one objective: a trial's exact validation ROC-AUC.
+def objective(trial: dict[str, Any], kind: str = DEFAULT_OBJECTIVE) -> float:
+    """The study's objective ``kind`` (see :data:`study.search.OBJECTIVES`) of a trial or
+    ensemble record, from what its saved predictions gave.
 
     The winner, the leaderboard, the family spread and the progress lines all rank by
-    this. Trials saved before the exact AUC was recorded fall back to Keras' binned AUC.
+    this. Trials saved before the exact AUC was recorded fall back to Keras' binned AUC;
+    trials without a shift score (older studies) rank by their clean AUC under every kind.
     """
     v = trial["val"].get("auc_exact")
-    return float(v if v is not None else trial["val"].get("auc", float("-inf")))
+    clean = float(v if v is not None else trial["val"].get("auc", float("-inf")))
+    shift = (trial.get("shift") or {}).get("auc_exact")
+    if kind == "val_auc" or shift is None:
+        return clean
+    if kind == "shift_auc":
+        return float(shift)
+    if kind == "mean_auc":
+        return (clean + float(shift)) / 2
+    raise ValueError(f"unknown objective {kind!r}; choose from {OBJECTIVE_NAMES}")
 
 
 def exact_roc_auc(labels: np.ndarray, probs: np.ndarray) -> float | None:
@@ -107,8 +132,11 @@ def write_trial(
     weights: str,
     worker: str = "single",
     precision: str = "float32",
+    shift: ShiftPredictions | None = None,
+    inputs: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Write trial.json (+ val_predictions.csv) next to history.csv; returns the summary."""
+    """Write trial.json (+ val and shift predictions) next to history.csv; returns the
+    summary. ``inputs`` records the trial's preprocessing, image size and augmentation."""
     history = read_history(trial_dir / "history.csv")
     exact_auc = exact_roc_auc(val_labels, val_probs)
     verdict, reason = fit_verdict(history, exact_auc)
@@ -135,10 +163,37 @@ def write_trial(
         "weights": weights,
         "worker": worker,
         "dtype_policy": precision,
+        **(inputs or {}),
     }
-    (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
+    if shift is not None:
+        summary["shift"] = {"auc_exact": exact_roc_auc(shift.labels, shift.probs)}
+        write_shift_predictions(trial_dir, shift)
     write_val_predictions(trial_dir, val_paths, val_labels, val_probs)
+    # Last: trial.json marks a finished trial, so its prediction files are complete.
+    (trial_dir / "trial.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def write_shift_predictions(trial_dir: Path, shift: ShiftPredictions) -> None:
+    with (trial_dir / SHIFT_PREDICTIONS).open("w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "corruption", "severity", "label", "probability_pneumonia"])
+        for p, (c, sev), y, q in zip(
+            shift.paths, shift.conditions, shift.labels, shift.probs, strict=True
+        ):
+            w.writerow([p, c, sev, int(y), f"{float(q):.6f}"])
+
+
+def read_shift_predictions(trial_dir: Path) -> dict[str, tuple[int, float]] | None:
+    """file -> (label, probability) on the shift sample, or None for an older trial."""
+    path = trial_dir / SHIFT_PREDICTIONS
+    if not path.is_file():
+        return None
+    with path.open() as f:
+        return {
+            r["file"]: (int(r["label"]), float(r["probability_pneumonia"]))
+            for r in csv.DictReader(f)
+        }
 
 
 def write_val_predictions(

@@ -24,6 +24,7 @@ import numpy as np
 from study import keras_compat
 from study.fmt import fmt_duration
 from study.search import trial_log
+from study.search.trial_inputs import InputSource, TrialInputs
 
 OBJECTIVE = kt.Objective("val_auc", direction="max")
 
@@ -39,17 +40,20 @@ class StudyProgress:
     best_label: str = ""
     stream: Any = sys.stdout
     resumed: int = 0  # trials finished before this run; the ETA uses this run's pace only
+    objective: str = trial_log.DEFAULT_OBJECTIVE
 
     @classmethod
-    def resume(cls, total_trials: int, finished: list[dict[str, Any]]) -> StudyProgress:
+    def resume(
+        cls, total_trials: int, finished: list[dict[str, Any]], objective: str
+    ) -> StudyProgress:
         """Carry count and best over from a killed run, so a rerun's lines stay truthful."""
-        p = cls(total_trials, done=len(finished), resumed=len(finished))
+        p = cls(total_trials, done=len(finished), resumed=len(finished), objective=objective)
         for t in finished:
             p.record(t)
         return p
 
     def record(self, summary: dict[str, Any]) -> float:
-        auc = trial_log.objective(summary)
+        auc = trial_log.objective(summary, self.objective)
         if np.isnan(self.best) or auc > self.best:
             self.best, self.best_label = auc, f"{summary['family']}#{summary['trial_id']}"
         return auc
@@ -60,7 +64,8 @@ class StudyProgress:
         auc = self.record(summary)
         self.line(
             f"trial {self.done}/{self.total_trials} {summary['family']}#{summary['trial_id']} "
-            f"done: val_auc={auc:.4f} epochs={summary['epochs_run']} ({summary['verdict']}) "
+            f"done: {self.objective}={auc:.4f} epochs={summary['epochs_run']} "
+            f"({summary['verdict']}) "
             f"best={self.best:.4f} ({self.best_label}) "
             f"elapsed={fmt_duration(time.monotonic() - self.start)} eta={self.eta()}"
         )
@@ -132,9 +137,7 @@ class TrialContext:
     family: str
     patience: int
     progress: StudyProgress
-    val_ds: Any
-    val_paths: list[str]
-    val_labels: np.ndarray
+    inputs: InputSource
     weights: str
     verbose: int
     deadline: float | None  # time.monotonic() value after which no trial starts
@@ -169,10 +172,15 @@ class TrialArtifacts(keras.callbacks.Callback):
     """
 
     def __init__(
-        self, ctx: TrialContext, trial: kt.engine.trial.Trial, epochs_planned: int, started: float
+        self,
+        ctx: TrialContext,
+        trial: kt.engine.trial.Trial,
+        inputs: TrialInputs,
+        epochs_planned: int,
+        started: float,
     ) -> None:
         super().__init__()
-        self.ctx, self.trial = ctx, trial
+        self.ctx, self.trial, self.inputs = ctx, trial, inputs
         self.epochs_planned, self.started = epochs_planned, started
 
     def __deepcopy__(self, memo: dict) -> TrialArtifacts:
@@ -184,7 +192,9 @@ class TrialArtifacts(keras.callbacks.Callback):
         ctx, trial = self.ctx, self.trial
         seconds = time.monotonic() - self.started
         trial_dir = ctx.trial_dir(trial.trial_id)
-        probs = self.model.predict(ctx.val_ds, verbose=0).reshape(-1)
+        inputs = self.inputs
+        probs = self.model.predict(inputs.val_ds, verbose=0).reshape(-1)
+        shift_probs = self.model.predict(inputs.shift_ds, verbose=0).reshape(-1)
         self.model.save(trial_dir / "best.keras")
         summary = trial_log.write_trial(
             trial_dir,
@@ -194,9 +204,17 @@ class TrialArtifacts(keras.callbacks.Callback):
             epochs_planned=self.epochs_planned,
             seconds=seconds,
             params=int(self.model.count_params()),
-            val_paths=ctx.val_paths,
-            val_labels=ctx.val_labels,
+            val_paths=inputs.val.paths,
+            val_labels=inputs.val.labels,
             val_probs=probs,
+            shift=trial_log.ShiftPredictions(
+                inputs.shift.paths, inputs.shift.conditions, inputs.shift_labels, shift_probs
+            ),
+            inputs={
+                "preprocess": inputs.preprocess.to_dict(),
+                "image_size": inputs.preprocess.image_size,
+                "augment": inputs.choice.augment,
+            },
             weights=ctx.weights,
             worker=os.environ.get("KERASTUNER_TUNER_ID", "single"),
             precision=self.model.dtype_policy.name,
@@ -205,7 +223,11 @@ class TrialArtifacts(keras.callbacks.Callback):
 
 
 def trial_callbacks(
-    ctx: TrialContext, trial: kt.engine.trial.Trial, describe: str, epochs_planned: int
+    ctx: TrialContext,
+    trial: kt.engine.trial.Trial,
+    inputs: TrialInputs,
+    describe: str,
+    epochs_planned: int,
 ) -> list[keras.callbacks.Callback]:
     """The study's callbacks for one trial, in the order their ``on_train_end`` must run."""
     trial_dir = ctx.trial_dir(trial.trial_id)
@@ -220,7 +242,7 @@ def trial_callbacks(
         TrialTensorBoard(ctx.study_dir / "tensorboard" / f"{ctx.family}-{trial.trial_id}"),
         ProgressLine(ctx.progress, ctx.family, trial.trial_id, describe),
         # Last: the best weights are back and history.csv is complete and closed.
-        TrialArtifacts(ctx, trial, epochs_planned, time.monotonic()),
+        TrialArtifacts(ctx, trial, inputs, epochs_planned, time.monotonic()),
     ]
 
 
@@ -270,14 +292,21 @@ class StudyTuner(kt.Tuner):
             timer.cancel()
 
     def run_trial(self, trial: kt.engine.trial.Trial, *args: Any, **kwargs: Any) -> Any:
-        """Keras-Tuner's run_trial (build, fit, best-epoch checkpoint) plus our callbacks."""
+        """Keras-Tuner's run_trial (build, fit, best-epoch checkpoint) plus our callbacks,
+        on the datasets of the trial's own input hyperparameters (size, normalisation,
+        augmentation): the search passes none itself."""
         # A promoted Hyperband trial continues from its predecessor at initial_epoch.
         planned = int(kwargs.get("epochs", 1)) - int(kwargs.get("initial_epoch", 0))
-        describe = getattr(self.hypermodel, "describe", lambda hp: "")(trial.hyperparameters)
-        study = trial_callbacks(self.ctx, trial, describe, planned)
+        hp = trial.hyperparameters
+        inputs = self.ctx.inputs.for_values(hp.values)
+        describe = f"{inputs.preprocess.image_size}px {inputs.preprocess.normalise} "
+        describe += f"aug={inputs.choice.augment} "
+        describe += getattr(self.hypermodel, "describe", lambda hp: "")(hp)
+        study = trial_callbacks(self.ctx, trial, inputs, describe, planned)
         kwargs["callbacks"] = [*kwargs.get("callbacks", []), *study]
         kwargs["verbose"] = self.ctx.verbose
-        return super().run_trial(trial, *args, **kwargs)
+        kwargs["validation_data"] = inputs.val_ds
+        return super().run_trial(trial, inputs.train_ds, *args, **kwargs)
 
 
 class StudyHyperband(kt.Hyperband, StudyTuner):

@@ -9,9 +9,8 @@ it ONE Keras model with the members' input, so it exports, loads and serves like
 single model.
 
 Restriction: one model takes one input, so members must share the preprocessing and the
-image size. Trials may record them (``preprocess``, ``image_size`` in trial.json); those
-that differ from the best trial's are left out. Today every trial of a study shares the
-study's config, so trials that record neither all qualify.
+image size. Trials record them (``preprocess``, ``image_size`` in trial.json, from their
+input hyperparameters); those that differ from the best trial's are left out.
 """
 
 from __future__ import annotations
@@ -24,7 +23,13 @@ from typing import Any
 import keras
 import numpy as np
 
-from study.search.trial_log import exact_roc_auc, objective, read_val_predictions
+from study.search.trial_log import (
+    DEFAULT_OBJECTIVE,
+    exact_roc_auc,
+    objective,
+    read_shift_predictions,
+    read_val_predictions,
+)
 
 ENSEMBLE_FAMILY = "ensemble"
 K_VALUES = (2, 3, 4, 5)
@@ -38,6 +43,7 @@ class Ensemble:
     paths: list[str]
     labels: np.ndarray
     probs: np.ndarray
+    shift_auc: float | None = None  # of the averaged shift-sample probabilities
 
     @property
     def name(self) -> str:
@@ -55,6 +61,9 @@ class Ensemble:
                 "auc": binned_auc(self.labels, self.probs),
                 "auc_exact": exact_roc_auc(self.labels, self.probs),
             },
+            "shift": {"auc_exact": self.shift_auc},
+            "preprocess": self.members[0].get("preprocess"),
+            "image_size": self.members[0].get("image_size"),
             "params": sum(int(t.get("params") or 0) for t in self.members),
             "seconds": sum(float(t.get("seconds") or 0.0) for t in self.members),
             "dtype_policy": "float32",
@@ -81,13 +90,16 @@ def _input_key(trial: dict[str, Any]) -> str:
     return json.dumps([trial.get("preprocess"), trial.get("image_size")], sort_keys=True)
 
 
-def average_predictions(members: list[dict[str, Any]]) -> tuple[list[str], np.ndarray, np.ndarray]:
+def average_predictions(
+    members: list[dict[str, Any]], reader: Any = read_val_predictions
+) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(files, labels, mean probability) over the members, aligned by file path.
 
     Members scored on different validation files (or disagreeing on a label) cannot be
-    averaged: that is an error, never a silent intersection.
+    averaged: that is an error, never a silent intersection. ``reader`` reads one
+    member's file -> (label, probability) (validation, or the shift sample).
     """
-    preds = [read_val_predictions(Path(t["dir"])) for t in members]
+    preds = [reader(Path(t["dir"])) for t in members]
     files = sorted(preds[0])
     for t, p in zip(members[1:], preds[1:], strict=True):
         missing, extra = set(files) - set(p), set(p) - set(files)
@@ -105,11 +117,22 @@ def average_predictions(members: list[dict[str, Any]]) -> tuple[list[str], np.nd
     return files, labels, probs
 
 
+def _shift_auc(members: list[dict[str, Any]]) -> float | None:
+    """Exact AUC of the members' averaged shift-sample probabilities (None if one lacks them)."""
+    if any(read_shift_predictions(Path(t["dir"])) is None for t in members):
+        return None
+    _, labels, probs = average_predictions(members, read_shift_predictions)
+    return exact_roc_auc(labels, probs)
+
+
 def candidate_ensembles(
-    trials: list[dict[str, Any]], k_values: tuple[int, ...] = K_VALUES
+    trials: list[dict[str, Any]],
+    k_values: tuple[int, ...] = K_VALUES,
+    kind: str = DEFAULT_OBJECTIVE,
 ) -> list[Ensemble]:
-    """One ensemble per k: the top-k trials by objective that share the best trial's input."""
-    ranked = sorted(trials, key=objective, reverse=True)
+    """One ensemble per k: the top-k trials by objective ``kind`` that share the best
+    trial's input."""
+    ranked = sorted(trials, key=lambda t: objective(t, kind), reverse=True)
     if not ranked:
         return []
     eligible = [t for t in ranked if _input_key(t) == _input_key(ranked[0])]
@@ -117,14 +140,16 @@ def candidate_ensembles(
     for k in k_values:
         if 2 <= k <= len(eligible):
             members = eligible[:k]
-            out.append(Ensemble(members, *average_predictions(members)))
+            out.append(Ensemble(members, *average_predictions(members), _shift_auc(members)))
     return out
 
 
-def best_candidate(trials: list[dict[str, Any]], ensembles: list[Ensemble]) -> dict[str, Any]:
-    """The single trial or ensemble record with the best objective (a tie goes to the single
-    trial, the simpler model)."""
-    return max([*trials, *(e.record() for e in ensembles)], key=objective)
+def best_candidate(
+    trials: list[dict[str, Any]], ensembles: list[Ensemble], kind: str = DEFAULT_OBJECTIVE
+) -> dict[str, Any]:
+    """The single trial or ensemble record with the best objective ``kind`` (a tie goes to
+    the single trial, the simpler model)."""
+    return max([*trials, *(e.record() for e in ensembles)], key=lambda t: objective(t, kind))
 
 
 # --------------------------------------------------------------------------- one Keras model
