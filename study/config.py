@@ -124,10 +124,11 @@ class StudyConfig:
     )
     seed: int = setting(DEFAULT_SEED, "seeds splits, batches and models")
     time_budget: float = setting(
-        0.0,
+        75.0,
         "minutes from the start of the first family's search (data preparation "
         "excluded); no new trial starts after this, the one in flight finishes "
-        "(0 = no limit)",
+        "(0 = no limit). The default keeps the default study within 2 h on 2 CPU cores: "
+        "data, search, the finalists' shift grid, calibration, export and the report",
         **NO_RESUME,
     )
     min_sensitivity: float = setting(

@@ -13,8 +13,9 @@ import pytest
 
 from search_spaces import FAMILIES, FAMILY_NAMES, PRECISION_CHOICES, dtype_policy
 from study.config import StudyConfig, config_from_args, flag_name, study_parser
+from study.data.augment import AUGMENT_NAMES
 from study.data.preprocess import NORMALISE_MODES, RESIZE_MODES, PreprocessConfig
-from study.search import TUNERS
+from study.search import OBJECTIVE_NAMES, TUNERS
 from tests.conftest import REPO
 
 NESTED = {"preprocess": PreprocessConfig}
@@ -36,6 +37,12 @@ def _other(f: Any, default: Any) -> tuple[list[str], Any]:
         return [flag, "/tmp/elsewhere"], Path("/tmp/elsewhere")
     if isinstance(default, str):
         return [flag, default + "-other"], default + "-other"
+    if f.name == "image_sizes":
+        return [flag, " 96, 64 "], (96, 64)
+    if f.name == "normalise_modes":
+        return [flag, "none,clahe"], ("none", "clahe")
+    if f.name == "augment_modes":
+        return [flag, "domain"], ("domain",)
     if f.name == "families":
         return [flag, " resnet , custom_cnn"], ("resnet", "custom_cnn")
     if f.name == "extra_data":
@@ -87,8 +94,14 @@ def test_defaults_and_nested_flags() -> None:
     cfg = _parse(["--image-size", "64", "--normalise", "equalize", "--resize", "pad"])
     assert cfg.preprocess == PreprocessConfig(image_size=64, normalise="equalize", resize="pad")
     assert cfg.image_size == 64 and cfg.families == FAMILY_NAMES and cfg.extra_data == ()
-    with pytest.raises(SystemExit):
-        study_parser().parse_args(["--normalise", "sharpen"])
+    with pytest.raises(SystemExit, match="--normalise: choose one or more of"):
+        _parse(["--normalise", "clahe,sharpen"])
+    with pytest.raises(SystemExit, match="--augment: choose one or more of"):
+        _parse(["--augment", ""])
+    with pytest.raises(SystemExit, match="comma-separated whole numbers"):
+        _parse(["--image-size", "128,big"])
+    searched = _parse([]).input_space()
+    assert searched.image_sizes == (128, 160, 224) and len(searched.normalise) == 3
     with pytest.raises(SystemExit):
         study_parser().parse_args(["--resize", "squash"])
 
@@ -97,7 +110,10 @@ def test_closed_sets_are_the_parsers_choices() -> None:
     choices = {a.dest: a.choices for a in study_parser()._actions if a.choices}
     assert choices["tuner"] == TUNERS
     assert choices["precision"] == PRECISION_CHOICES
-    assert choices["normalise"] == NORMALISE_MODES
+    members = {f.name: f.metadata.get("members") for f in fields(StudyConfig)}
+    assert members["normalise_modes"] == NORMALISE_MODES
+    assert members["augment_modes"] == AUGMENT_NAMES
+    assert choices["objective"] == OBJECTIVE_NAMES
     assert choices["resize"] == RESIZE_MODES
 
 
@@ -152,7 +168,7 @@ def test_help_shows_defaults_and_env_vars_without_tensorflow() -> None:
     for env in ("PNEUMOSCOPE_DATA_DIR", "PNEUMOSCOPE_RESULTS_DIR", "PNEUMOSCOPE_CACHE_DIR"):
         assert f"(env {env})" in help_text
     assert "(default: custom_cnn,resnet,efficientnet)" in help_text
-    assert "(default: hyperband)" in help_text and "(default: clahe)" in help_text
+    assert "(default: hyperband)" in help_text and "(default: clahe,equalize,none)" in help_text
 
 
 def test_data_audit_reuses_the_data_dir_flag() -> None:

@@ -217,17 +217,25 @@ def test_a_winning_ensemble_is_exported_as_the_studys_one_winner(members, tmp_pa
     """finish_study's hook: members' best.keras -> one SavedModel + winner.json with members."""
     from types import SimpleNamespace
 
+    import cv2
+
     from study.data.datasets import SplitArrays
     from study.data.preprocess import PreprocessConfig
     from study.data.records import ImageRecord
+    from study.select.calibration import apply_temperature
     from study.select.winner import export_ensemble
 
     rng = np.random.default_rng(3)
     labels = np.array([0, 1] * 6)
-    recs = [
-        ImageRecord(f"v/{i}.png", int(y), f"p{i}", "normal", "val") for i, y in enumerate(labels)
-    ]
-    split = SplitArrays(recs, rng.integers(0, 256, (12, 16, 16), dtype=np.uint8), labels)
+    pre = PreprocessConfig(image_size=16)
+    images = rng.integers(0, 256, (12, 16, 16), dtype=np.uint8)
+    recs = []
+    for i, y in enumerate(labels):  # real files: the shift sets are built from them
+        path = tmp_path / "v" / f"{i:02d}.png"
+        path.parent.mkdir(exist_ok=True)
+        cv2.imwrite(str(path), images[i])
+        recs.append(ImageRecord(str(path), int(y), f"p{i}", "normal", "val"))
+    split = SplitArrays(recs, images, labels)
     dirs = []
     for i, m in enumerate(members[:2]):
         d = tmp_path / "trials" / f"cnn-{i}"
@@ -247,19 +255,30 @@ def test_a_winning_ensemble_is_exported_as_the_studys_one_winner(members, tmp_pa
         study_dir=tmp_path,
         batch_size=4,
         min_sensitivity=0.5,
-        preprocess=PreprocessConfig(),
+        preprocess=pre,
         image_size=16,
         seed=0,
+        objective="val_auc",
     )
     plan = SimpleNamespace(test_source="official", sizes=lambda: {"val": 12, "test": 12})
-    data = SimpleNamespace(val=split, test=split, fingerprint="f" * 16, plan=plan)
-    info = export_ensemble(cfg, data, record, {})
+    data = SimpleNamespace(
+        val=split,
+        test=split,
+        fingerprint="f" * 16,
+        plan=plan,
+        preprocess=pre,
+        cache_dir=tmp_path / "cache",
+    )
+    data.at = lambda _pre: data
+    info, entry = export_ensemble(cfg, data, record, {})
+    assert entry["refer_band"]["coverage_target"] == 0.95 and len(entry["robustness"]) == 27
     saved = json.loads((tmp_path / "winner.json").read_text())
     assert saved["members"] == ["cnn-0", "cnn-1"] == info["members"]
     assert saved["family"] == ENSEMBLE_FAMILY and saved["trial"] == "ensemble-ens-top2"
     winner = load_winner(tmp_path / "winner")
     x = split.images[..., None].astype(np.float32) / 255.0
     want = np.mean([m.predict(x, verbose=0)[:, 0] for m in members[:2]], axis=0)
+    want = apply_temperature(want, info["calibration"]["temperature"])
     np.testing.assert_allclose(winner.predict_batch(x), want, atol=1e-5)
     assert ensemble_members(winner.keras_model()) is not None
     assert (tmp_path / "families" / ENSEMBLE_FAMILY / "val_predictions.csv").is_file()

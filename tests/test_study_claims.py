@@ -100,8 +100,7 @@ def test_a_family_reached_after_the_deadline_is_not_searched(monkeypatch, tmp_pa
         runner, "resolve_families", lambda cfg: ({"a": object(), "b": object()}, {}, {})
     )
     monkeypatch.setattr(runner, "make_tuner", lambda kind, hm, ctx, *a: SlowTuner(ctx.family))
-    monkeypatch.setattr(runner, "eval_dataset", lambda *a: None)
-    monkeypatch.setattr(runner, "train_dataset", lambda *a: None)
+    monkeypatch.setattr(runner, "InputSource", lambda *a: None)
     split = SimpleNamespace(images=None, labels=[0, 1], paths=[])
     data = SimpleNamespace(train=split, val=split)
     cfg = StudyConfig(results_dir=tmp_path, budget=4, time_budget=0.001, steps_per_epoch=1)
@@ -115,9 +114,7 @@ def test_a_worker_never_touches_the_deadline(tmp_path: Path) -> None:
     """A worker's oracle is the chief's OracleClient (no ``trials``): no deadline there."""
     from study.search.tuning import StudyProgress, TrialContext, make_tuner
 
-    ctx = TrialContext(
-        tmp_path, "f", 1, StudyProgress(1), None, [], None, "none", 0, 0.0, 1, "tuner0"
-    )
+    ctx = TrialContext(tmp_path, "f", 1, StudyProgress(1), None, "none", 0, 0.0, 1, "tuner0")
     assert ctx.past_deadline()
     tuner = make_tuner("random", _tiny_model, ctx, max_epochs=1, seed=0)
     tuner.oracle = SimpleNamespace()  # like OracleClient: stop_new_trials would raise

@@ -81,6 +81,8 @@ def test_winner_reloads_in_fresh_process(tiny_study: Path, samples_dir: Path) ->
 
     import study.models.layers  # noqa: F401
     from study.data.preprocess import PreprocessConfig, load_for_model
+    from study.select.calibration import apply_temperature
+    from study.select.conformal import ReferBand
 
     files = sorted((samples_dir / "kermany_full_res" / "val").glob("*/*.jpeg"))[:3]
     files.append(samples_dir / "other_chest_xray" / "covidrad_Normal-12.png")
@@ -92,11 +94,17 @@ def test_winner_reloads_in_fresh_process(tiny_study: Path, samples_dir: Path) ->
     cfg = PreprocessConfig.from_dict(info["preprocess"])
     model = keras.saving.load_model(tiny_study / "winner.keras")
     x = np.stack([load_for_model(f.read_bytes(), cfg) for f in files])
-    expected = model.predict(x, verbose=0).reshape(-1)
+    # The served probability is the temperature-scaled one (winner.json "calibration").
+    expected = apply_temperature(
+        model.predict(x, verbose=0).reshape(-1), info["calibration"]["temperature"]
+    )
     got = np.array([r["probability_pneumonia"] for r in rows])
     np.testing.assert_allclose(got, expected, atol=1e-5)
-    for r in rows:
-        assert r["label"] in ("NORMAL", "PNEUMONIA") and r["threshold"] == info["threshold"]
+    band = ReferBand.from_dict(info["refer_band"])
+    for r, p in zip(rows, expected, strict=True):
+        decided = "PNEUMONIA" if p >= info["threshold"] else "NORMAL"
+        assert r["label"] == ("UNCERTAIN" if band.contains(p) else decided)
+        assert r["threshold"] == info["threshold"]
 
 
 def test_evaluate_prints_the_fields(tiny_study: Path, samples_dir: Path) -> None:
@@ -173,10 +181,18 @@ def test_study_resumes_after_kill(data_dir: Path, tmp_path: Path) -> None:
 
 
 def test_early_stopping_stops_a_flat_run(tmp_path: Path) -> None:
+    from types import SimpleNamespace
+
     import keras
     import keras_tuner as kt
 
+    from search_spaces.inputs import InputChoice
+    from study.data.datasets import SplitArrays
+    from study.data.preprocess import PreprocessConfig
+    from study.data.records import ImageRecord
+    from study.data.shift import ShiftSample
     from study.search.pipeline import eval_dataset, train_dataset
+    from study.search.trial_inputs import TrialInputs
     from study.search.trial_log import load_trials
     from study.search.tuning import StudyProgress, TrialContext, make_tuner
 
@@ -199,23 +215,25 @@ def test_early_stopping_stops_a_flat_run(tmp_path: Path) -> None:
     x = rng.integers(0, 255, (64, 16, 16), dtype=np.uint8)
     y = np.array([0, 1] * 32)
     val = eval_dataset(x[:32], y[:32], 16)
-    ctx = TrialContext(
-        tmp_path,
-        "frozen",
-        2,
-        StudyProgress(1),
+    paths = [str(i) for i in range(32)]
+    inputs = TrialInputs(
+        InputChoice(16, "clahe", 2.0, "standard"),
+        PreprocessConfig(image_size=16),
+        train_dataset(x, y, 16, 0),
         val,
-        [str(i) for i in range(32)],
+        SplitArrays(
+            [ImageRecord(p, int(c), p, "", "val") for p, c in zip(paths, y[:32], strict=True)],
+            x[:32],
+            y[:32],
+        ),
+        ShiftSample(paths, [("noise", 1)] * 32, x[:32]),
         y[:32],
-        "none",
-        0,
-        None,
-        1,
+        val,
     )
+    source = SimpleNamespace(for_values=lambda values: inputs)
+    ctx = TrialContext(tmp_path, "frozen", 2, StudyProgress(1), source, "none", 0, None, 1)
     tuner = make_tuner("random", Frozen(), ctx, max_epochs=10, seed=0)
-    tuner.search(
-        train_dataset(x, y, 16, 0), steps_per_epoch=2, epochs=10, validation_data=val, verbose=0
-    )
+    tuner.search(steps_per_epoch=2, epochs=10, verbose=0)
     (trial,) = load_trials(tmp_path)
     assert trial["epochs_run"] == 3 and trial["stopped_early"]
 

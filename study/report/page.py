@@ -30,7 +30,9 @@ import numpy as np
 from study.fmt import fmt_duration
 from study.paths import REPO
 from study.report import figures as rf
+from study.search import OBJECTIVES
 from study.search.trial_log import (
+    DEFAULT_OBJECTIVE,
     VERDICT_RULE,
     fit_verdict,
     load_trials,
@@ -167,11 +169,20 @@ def _audit_summary(audit: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def objective_of(summary: dict[str, Any] | None) -> str:
+    """The objective the study ranked by (val_auc for studies that predate the choice)."""
+    return (summary or {}).get("objective") or DEFAULT_OBJECTIVE
+
+
 def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict[str, Any]:
     """Every trial with its curves, ranked by the study's objective; skipped families."""
+    kind = objective_of(summary)
     trials = load_trials(study_dir)
-    rows = [_trial_row(t) for t in trials]
-    rows += [_ensemble_row(e.record()) for e in candidate_ensembles(trials)]
+    rows = [_trial_row(t) | {"objective": objective(t, kind)} for t in trials]
+    rows += [
+        _ensemble_row(e.record()) | {"objective": objective(e.record(), kind)}
+        for e in candidate_ensembles(trials, kind=kind)
+    ]
     # The winner is the trial with the highest objective, so row 1 is always the winner.
     rows.sort(key=lambda r: -r["objective"])
     for i, r in enumerate(rows, start=1):
@@ -182,6 +193,8 @@ def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict
         "skipped": _skipped_families(study_dir, summary, {r["family"] for r in rows}),
         "verdict_rule": VERDICT_RULE,
         "max_auc_gap": max(gaps) if gaps else None,
+        "objective": kind,
+        "objective_help": OBJECTIVES[kind],
     }
 
 
@@ -217,7 +230,8 @@ def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": t.get("best_epoch"),
         "stopped_early": bool(t.get("stopped_early")),
         "stop_text": stop,
-        "objective": objective(t),
+        "shift_auc": (t.get("shift") or {}).get("auc_exact"),
+        "input": _input_text(t),
         "auc": val.get("auc"),
         "auc_exact": exact,
         "precision": val.get("precision"),
@@ -230,6 +244,17 @@ def _trial_row(t: dict[str, Any]) -> dict[str, Any]:
         "verdict_reason": reason,
         "curve": curve,
     }
+
+
+def _input_text(t: dict[str, Any]) -> str:
+    """A trial's input in a few words: size, normalisation, augmentation."""
+    pre = t.get("preprocess") or {}
+    if not pre:
+        return "-"
+    norm = pre.get("normalise", "?")
+    if norm == "clahe":
+        norm += f" {pre.get('clahe_clip')}"
+    return f"{pre.get('image_size')} px, {norm}, {t.get('augment', 'standard')}"
 
 
 def _ensemble_row(e: dict[str, Any]) -> dict[str, Any]:
@@ -246,7 +271,8 @@ def _ensemble_row(e: dict[str, Any]) -> dict[str, Any]:
         "best_epoch": None,
         "stopped_early": False,
         "stop_text": "not trained: the mean of its members' probabilities",
-        "objective": objective(e),
+        "shift_auc": (e.get("shift") or {}).get("auc_exact"),
+        "input": _input_text(e),
         "auc": e["val"]["auc"],
         "auc_exact": e["val"]["auc_exact"],
         "precision": None,
@@ -509,6 +535,39 @@ def _threshold_rows(
     ]
 
 
+def robustness_section(summary: dict[str, Any] | None) -> dict[str, Any] | None:
+    """Each finalist under the shift: heat-map rows, threshold table, calibration, refer band."""
+    fams = {f: e for f, e in ((summary or {}).get("families") or {}).items() if e.get("robustness")}
+    if not fams:
+        return None
+    names = list(fams)
+    cells: dict[tuple[str, int], dict[str, Any]] = {}
+    for f in names:
+        for r in fams[f]["robustness"]:
+            cells.setdefault((r["corruption"], r["severity"]), {})[f] = r
+    rows = [{"corruption": c, "severity": s, "by": by} for (c, s), by in cells.items()]
+    win = (summary or {}).get("winner", {}).get("family")
+    entry = fams.get(win) or fams[names[0]]
+    cal = entry.get("calibration") or {}
+    diagram = None
+    if cal.get("reliability_before") and cal.get("reliability_after"):
+        png = rf.reliability_diagram(cal["reliability_before"], cal["reliability_after"])
+        diagram = rf.data_uri(png)
+    return {
+        "finalists": names,
+        "shift_auc": {f: (fams[f].get("shift_sample") or {}).get("auc") for f in names},
+        "rows": rows,
+        "winner": win if win in fams else names[0],
+        "threshold_table": entry.get("threshold_table", []),
+        "threshold": entry.get("threshold"),
+        "rule": entry.get("threshold_rule", ""),
+        "calibration": cal,
+        "reliability": diagram,
+        "band": entry.get("refer_band") or {},
+        "refer_test": entry.get("refer_test") or {},
+    }
+
+
 def errors_section(study_dir: Path, winner: dict[str, Any] | None, cache_dir: Path | None) -> Any:
     """The winner's test errors: counts, gallery with Grad-CAM, what errors share."""
     from study.data.preprocess import PreprocessConfig
@@ -602,6 +661,7 @@ def build_context(study_dir: Path, include_errors: bool = True) -> dict[str, Any
         "board": board,
         "compare": compare,
         "winner": winner_section(study_dir, winner, test_source),
+        "robustness": robustness_section(summary),
         "errors": errors,
         "test_source": test_source,
         "carved": test_source == "carved from train",
