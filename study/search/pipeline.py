@@ -48,7 +48,8 @@ def augment_batch(images: tf.Tensor, seed: tf.Tensor, cfg: AugmentConfig) -> tf.
     )
     x = _photometric(x, batch, cfg, seeds[3:6])
     x = _detector(x, batch, size, cfg, seeds[6:12])
-    return tf.clip_by_value(x, 0.0, 1.0)
+    # Resizes and JPEG lose the static shape; models need it (e.g. space-to-depth stems).
+    return tf.ensure_shape(tf.clip_by_value(x, 0.0, 1.0), images.shape)
 
 
 def _photometric(x: tf.Tensor, batch: tf.Tensor, cfg: AugmentConfig, seeds: tf.Tensor) -> tf.Tensor:

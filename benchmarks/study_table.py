@@ -1,0 +1,158 @@
+"""The README's study table: families, best single and best ensemble, each objective's winner.
+
+    python -m benchmarks.study_table --study results/main [--samples ../shared/data/samples]
+
+For each candidate (each family's best single trial, the best ensemble, and the winner each
+``--objective`` would choose, all re-ranked from saved predictions, no training) it reports
+the exact ROC-AUC on clean validation, on the shift sample, on the test split carved from
+train, and on the 16 full-resolution originals of the official Kermany val split
+(``<samples>/kermany_full_res/val``), read through the serving preprocessing. A second
+table gives the exported winner at its operating point on those two sets
+(:func:`study.evaluate.evaluate`). Results: ``benchmarks/results/study_table.{json,md}``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from benchmarks.common import RESULTS, load_average, write
+from study.paths import DEFAULT_SAMPLES_DIR
+
+OFFICIAL_VAL = Path("kermany_full_res") / "val"
+
+
+def candidates(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Label -> trial or ensemble record, ranked from saved predictions only."""
+    from study.search import OBJECTIVE_NAMES
+    from study.search.trial_log import objective
+    from study.select.ensemble import best_candidate, candidate_ensembles
+    from study.select.winner import best_per_family
+
+    out = {f"best {fam}": t for fam, t in best_per_family(trials).items()}
+    ensembles = [e.record() for e in candidate_ensembles(trials)]
+    if ensembles:
+        out["best ensemble"] = max(ensembles, key=objective)
+    for kind in OBJECTIVE_NAMES:
+        pick = best_candidate(trials, candidate_ensembles(trials, kind=kind), kind)
+        out[f"winner by {kind}"] = pick
+    return out
+
+
+def labelled_files(folder: Path) -> tuple[list[str], np.ndarray]:
+    """Files of a Kaggle-layout class folder pair, with labels (PNEUMONIA = 1)."""
+    files, labels = [], []
+    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
+        for p in sorted((folder / cls).glob("*")):
+            if p.is_file():
+                files.append(str(p))
+                labels.append(label)
+    return files, np.array(labels)
+
+
+def _model(record: dict[str, Any]) -> Any:
+    import keras
+
+    import study.models.layers  # noqa: F401  (custom layers)
+    from study.select.ensemble import is_ensemble, load_ensemble_model
+
+    if is_ensemble(record):
+        return load_ensemble_model(record)
+    return keras.saving.load_model(Path(record["dir"]) / "best.keras", compile=False)
+
+
+def _auc(model: Any, files: list[str], y: np.ndarray, pre: Any) -> float | None:
+    from study.data.preprocess import load_for_model
+    from study.search.trial_log import exact_roc_auc
+
+    if not files:
+        return None
+    x = np.stack([load_for_model(Path(f).read_bytes(), pre) for f in files])
+    return exact_roc_auc(y, model.predict(x, batch_size=32, verbose=0).reshape(-1))
+
+
+def candidate_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
+    """One row per candidate (the same model is scored once)."""
+    from study.data.preprocess import PreprocessConfig
+    from study.search.trial_log import load_trials
+
+    trials = load_trials(study)
+    splits = json.loads((study / "splits.json").read_text())
+    test_files = splits["files"].get("test", [])
+    test_y = np.array([int("/PNEUMONIA/" in f) for f in test_files])
+    val_files, val_y = labelled_files(samples / OFFICIAL_VAL)
+    base = json.loads((study / "config.json").read_text())["config"]["preprocess"]
+    scored: dict[str, tuple[float | None, float | None]] = {}
+    rows = []
+    for label, rec in candidates(trials).items():
+        name = f"{rec['family']}-{rec['trial_id']}"
+        pre = PreprocessConfig.from_dict(rec.get("preprocess") or base)
+        if name not in scored:
+            model = _model(rec)
+            scored[name] = (
+                _auc(model, test_files, test_y, pre),
+                _auc(model, val_files, val_y, pre),
+            )
+        rows.append(
+            {
+                "candidate": label,
+                "model": name,
+                "input": f"{pre.image_size} px {pre.normalise} {rec.get('augment', '')}".strip(),
+                "val AUC": rec["val"].get("auc_exact"),
+                "shift AUC": (rec.get("shift") or {}).get("auc_exact"),
+                "carved test AUC": scored[name][0],
+                f"official val AUC (n={len(val_files)})": scored[name][1],
+            }
+        )
+    return rows
+
+
+def winner_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
+    """The exported winner at its threshold and refer band, on carved test and official val."""
+    from study.evaluate import evaluate
+
+    info = json.loads((study / "winner.json").read_text())
+    rows = []
+    for where, folder, split in (
+        ("carved test", None, "test"),
+        ("official val originals", samples / OFFICIAL_VAL.parent, "val"),
+    ):
+        if folder is None:
+            m = dict(info.get("test") or {})
+        else:
+            m = evaluate(study / "winner", folder, split)
+        rows.append(
+            {
+                "set": where,
+                "winner": info["trial"],
+                "objective": info.get("objective", "val_auc"),
+                "threshold": info["threshold"],
+                "n": m.get("n"),
+                "accuracy": m.get("accuracy"),
+                "sensitivity": m.get("sensitivity"),
+                "specificity": m.get("specificity"),
+                "AUC": m.get("auc"),
+                "uncertain rate": m.get("uncertain_rate"),
+            }
+        )
+    return rows
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.study_table", description=__doc__)
+    p.add_argument("--study", type=Path, default=Path("results/main"))
+    p.add_argument("--samples", type=Path, default=DEFAULT_SAMPLES_DIR)
+    p.add_argument("--out-dir", type=Path, default=RESULTS)
+    a = p.parse_args(argv)
+    load = load_average()
+    rows = candidate_rows(a.study, a.samples)
+    wins = winner_rows(a.study, a.samples)
+    write("study_table", rows, {"winner": wins}, a.out_dir, load, more_tables=[wins])
+
+
+if __name__ == "__main__":
+    main()
