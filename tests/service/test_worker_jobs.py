@@ -121,8 +121,8 @@ def test_live_lease_blocks_expired_lease_allows_takeover(world) -> None:
         s.execute(update(Prediction).values(lease_until=utcnow() - timedelta(seconds=1)))
     second = jobs.claim(state.db, pid, 30)
     assert second is not None and second.attempts == 2
-    assert jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)
-    assert not jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)  # only once
+    assert jobs.finish_done(state.db, second, label="NORMAL", probability=0.1)
+    assert not jobs.finish_done(state.db, second, label="NORMAL", probability=0.1)  # only once
 
 
 def test_job_that_keeps_killing_workers_fails(world) -> None:
