@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -151,3 +152,63 @@ def test_sweeper_resends_lost_jobs_and_beats(world) -> None:
     Sweeper(state).beat_and_sweep()
     assert sorted(queued_prediction_ids(state.settings)) == sorted([queued_long_ago, expired])
     assert client.get("/readyz").json()["checks"]["model"] == "ok"  # the heartbeat counts
+
+
+def expire(state: tasks.WorkerState, pid: str) -> None:
+    with state.db.session() as s:
+        s.execute(
+            update(Prediction)
+            .where(Prediction.id == pid)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_stale_claim_can_neither_renew_nor_finish(world) -> None:
+    """A paused worker whose job was taken over cannot extend it or overwrite the new result."""
+    state, client = world
+    pid = job(state)
+    stale = jobs.claim(state.db, pid, 30)
+    assert stale is not None and jobs.renew(state.db, stale, 30)  # its own lease: renewable
+    expire(state, pid)
+    owner = jobs.claim(state.db, pid, 30)
+    assert owner is not None and owner.attempts == stale.attempts + 1
+    assert not jobs.renew(state.db, stale, 30)
+    assert not jobs.finish_done(state.db, stale, label="PNEUMONIA", probability=0.9)
+    assert not jobs.finish_failed(state.db, stale, "late")
+    assert client.get(f"/v1/predictions/{pid}").json()["status"] == "running"
+    assert jobs.renew(state.db, owner, 30)
+    assert jobs.finish_done(state.db, owner, label="NORMAL", probability=0.1)
+    body = client.get(f"/v1/predictions/{pid}").json()
+    assert body["status"] == "done" and body["result"]["label"] == "NORMAL"
+
+
+def test_job_hung_past_its_timeout_is_failed_and_the_worker_exits(world) -> None:
+    state, client = world
+    state.settings = state.settings.model_copy(update={"job_timeout_seconds": 5.0})
+    hung, fine = job(state, b"hung"), job(state, b"fine")
+    exits: list[bool] = []
+    sweeper = Sweeper(state, on_hung=lambda: exits.append(True))
+    c_hung, c_fine = jobs.claim(state.db, hung, 30), jobs.claim(state.db, fine, 30)
+    assert c_hung and c_fine
+    now = time.monotonic()
+    state.current = {hung: (c_hung, now - 6.0), fine: (c_fine, now)}
+    sweeper.renew_leases()
+    assert exits == [True]
+    body = client.get(f"/v1/predictions/{hung}").json()
+    assert body["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in body["error"]
+    assert client.get(f"/v1/predictions/{fine}").json()["status"] == "running"
+    # the hung thread, should it ever return, cannot overwrite the verdict
+    assert not jobs.finish_done(state.db, c_hung, label="NORMAL", probability=0.1)
+
+
+def test_running_job_past_its_lease_is_redone_by_another_worker(world) -> None:
+    """A worker that stopped renewing (SIGSTOP, cut off): the job is re-sent and redone."""
+    state, client = world
+    pid = job(state)
+    stale = jobs.claim(state.db, pid, 30)
+    expire(state, pid)
+    Sweeper(state).beat_and_sweep()
+    assert pid in queued_prediction_ids(state.settings)
+    assert tasks.process(state, pid) == "done"
+    assert not jobs.finish_failed(state.db, stale, "the old worker woke up")
+    assert client.get(f"/v1/predictions/{pid}").json()["status"] == "done"
