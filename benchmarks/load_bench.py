@@ -261,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
         )
         args.image = sorted((samples / "kermany_full_res" / "val" / "NORMAL").glob("*.jpeg"))[0]
     row, load_start = run(args)
-    write("load", [row], load_start=load_start)
+    table = [{"measure": k.replace("_", " "), "value": str(v)} for k, v in row.items()]
+    write("load", table, extra={"result": row}, load_start=load_start)
     return 0 if row["unaccounted"] == 0 else 1
 
 

@@ -39,7 +39,7 @@ class Purged:
 
 def _purgeable(cutoff: datetime) -> object:
     """SQL: uploads older than the cut-off, unlabelled (or label exported), no live job."""
-    exported = select(Label.id).where(
+    unexported_label = select(Label.id).where(
         Label.upload_id == Upload.id,
         or_(Label.exported_at.is_(None), Label.exported_at < Label.updated_at),
     )
@@ -47,7 +47,7 @@ def _purgeable(cutoff: datetime) -> object:
         Prediction.upload_id == Upload.id,
         Prediction.status.in_([JobStatus.QUEUED, JobStatus.RUNNING]),
     )
-    return and_(Upload.created_at < cutoff, ~exists(exported), ~exists(live))
+    return and_(Upload.created_at < cutoff, ~exists(unexported_label), ~exists(live))
 
 
 def _purge_batch(db: Database, storage: Storage, cutoff: datetime) -> Purged:
@@ -75,6 +75,9 @@ def _purge_batch(db: Database, storage: Storage, cutoff: datetime) -> Purged:
             ).scalars()
         )
     keys = {u[1] for u in ups} | (heatmaps - shared)
+    with db.session() as s:  # the same bytes uploaded again meanwhile: keep their file
+        again = select(Upload.storage_key).where(Upload.storage_key.in_(keys))
+        keys -= set(s.execute(again).scalars())
     for key in keys:
         storage.delete(key)
     return Purged(len(ids), int(n_pred or 0), len(keys))

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from study.serving import MAX_PIXELS, newest_winner
@@ -173,6 +173,16 @@ class Settings(BaseSettings):
     purge_interval_seconds: float = Field(
         default=3600.0, description="PURGE_INTERVAL_SECONDS: how often the automatic purge runs."
     )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, v: str | None) -> str | None:
+        """A malformed RATE_LIMIT fails at start-up, not as a 500 on the first upload."""
+        if v:
+            from limits import parse
+
+            parse(v)
+        return v or None
 
     @cached_property
     def db_url(self) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -15,7 +16,7 @@ from service.api import create_app
 from service.db import Database
 from service.inference import Outcome
 from service.intake import create_job
-from service.models import Prediction, utcnow
+from service.models import Prediction, Upload, utcnow
 from service.storage import LocalStorage
 from service.sweeper import Sweeper
 from tests.service_support import make_publisher, make_settings, queued_prediction_ids
@@ -212,3 +213,24 @@ def test_running_job_past_its_lease_is_redone_by_another_worker(world) -> None:
     assert tasks.process(state, pid) == "done"
     assert not jobs.finish_failed(state.db, stale, "the old worker woke up")
     assert client.get(f"/v1/predictions/{pid}").json()["status"] == "done"
+
+
+def test_sweeper_purges_on_schedule_when_retention_is_set(world) -> None:
+    state, client = world
+    old, new = job(state, b"old"), job(state, b"new")
+    assert tasks.process(state, old) == "done" and tasks.process(state, new) == "done"
+    with state.db.session() as s:
+        old_upload = s.get(Prediction, old).upload_id
+        s.execute(
+            update(Upload)
+            .where(Upload.id == old_upload)
+            .values(created_at=utcnow() - timedelta(days=10))
+        )
+    Sweeper(state).beat_and_sweep()  # RETENTION_DAYS unset: nothing is purged
+    assert client.get(f"/v1/predictions/{old}").status_code == 200
+    state.settings = state.settings.model_copy(update={"retention_days": 7.0})
+    Sweeper(state).beat_and_sweep()
+    assert client.get(f"/v1/predictions/{old}").status_code == 404
+    assert client.get(f"/v1/predictions/{new}").json()["status"] == "done"
+    assert not state.storage.exists(hashlib.sha256(b"old").hexdigest())
+    assert state.storage.exists(hashlib.sha256(b"new").hexdigest())
