@@ -250,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--concurrency", type=int, default=50)
     p.add_argument("--kill-every", type=float, default=20.0, help="seconds between SIGKILLs")
     p.add_argument("--max-queue-depth", type=int, default=30)
-    p.add_argument("--rate-limit", default="1200/minute", help="per client (all share one IP)")
+    p.add_argument("--rate-limit", default="480/minute", help="per client (all share one IP)")
     p.add_argument("--job-timeout", type=float, default=900.0, help="client wait per job, s")
     p.add_argument("--model", type=Path, default=None, help="default: a tiny untrained CNN")
     p.add_argument("--image", type=Path, default=None, help="default: a full-resolution sample")
