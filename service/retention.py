@@ -13,10 +13,12 @@ upload with a job still queued or running is kept too.
 from __future__ import annotations
 
 import argparse
+import sys
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy import and_, delete, exists, or_, select
+from sqlalchemy.exc import DBAPIError
 
 from service.db import Database
 from service.models import JobStatus, Label, Prediction, Upload, utcnow
@@ -104,7 +106,9 @@ def main(argv: list[str] | None = None) -> int:
         prog="python -m service purge",
         description="Delete unlabelled uploads (and exported labelled ones) older than DAYS.",
     )
-    p.add_argument("--older-than", type=float, required=True, metavar="DAYS")
+    p.add_argument(
+        "--older-than", type=float, required=True, metavar="DAYS", help="age cut-off in days"
+    )
     args = p.parse_args(argv)
     if args.older_than < 0:
         p.error("--older-than must be >= 0")
@@ -112,6 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     db = Database(settings.db_url)
     try:
         done = purge(db, LocalStorage(settings.storage_root), args.older_than)
+    except DBAPIError as exc:
+        print(
+            f"purge: database unreachable or not migrated ({type(exc.orig).__name__}); "
+            "nothing deleted",
+            file=sys.stderr,
+        )
+        return 2
     finally:
         db.dispose()
     print(f"purged {done.uploads} uploads, {done.predictions} predictions, {done.files} files")

@@ -137,3 +137,14 @@ def test_metrics_scans_the_table_once_per_cache_interval(world: World) -> None:
     assert len(full) == 1, full  # the whole-table aggregate ran once for 6 scrapes
     assert 'pneumoscope_queue_depth{state="queued"} 1.0' in text  # depth is always fresh
     assert 'pneumoscope_predictions{label="",status="queued"} 1.0' in text
+
+
+def test_purge_without_a_database_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("DATA_DIR", str(tmp_path / "missing"))
+    for k in ("DATABASE_URL", "STORAGE_DIR"):
+        monkeypatch.delenv(k, raising=False)
+    assert service_main(["purge", "--older-than", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "database unreachable or not migrated" in err and "Traceback" not in err
