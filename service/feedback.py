@@ -25,6 +25,7 @@ import argparse
 import logging
 import os
 import tempfile
+from datetime import datetime
 from pathlib import Path
 
 import cv2
@@ -65,14 +66,12 @@ def _write_atomic(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _gate_rejected(s: Session, upload_ids: list[str]) -> set[str]:
-    """Uploads whose latest finished job was rejected by the input gate."""
+def _gate_rejected(s: Session) -> set[str]:
+    """Labelled uploads whose latest finished job was rejected by the input gate."""
     rows = s.execute(
         select(Prediction.upload_id, Prediction.status)
-        .where(
-            Prediction.upload_id.in_(upload_ids),
-            Prediction.status.in_([JobStatus.DONE, JobStatus.REJECTED]),
-        )
+        .join(Label, Label.upload_id == Prediction.upload_id)
+        .where(Prediction.status.in_([JobStatus.DONE, JobStatus.REJECTED]))
         .order_by(Prediction.finished_at)
     ).all()
     latest = dict(rows)  # ordered by finish time: the last one wins
@@ -88,13 +87,14 @@ def _reviewed(database_url: str) -> tuple[list, set[str]]:
                     Label, Label.upload_id == Upload.id
                 )
             ).all()
-            rejected = _gate_rejected(s, [r[1] for r in rows]) if rows else set()
+            rejected = _gate_rejected(s)
     finally:
         db.dispose()
     return rows, rejected
 
 
-def _mark_exported(database_url: str, label_ids: list[str]) -> None:
+def _mark_exported(database_url: str, label_ids: list[str], when: datetime) -> None:
+    """``when`` is the time the labels were read: a re-review after it is not exported."""
     db = Database(database_url)
     try:
         with db.session() as s:
@@ -102,7 +102,7 @@ def _mark_exported(database_url: str, label_ids: list[str]) -> None:
                 s.execute(
                     update(Label)
                     .where(Label.id.in_(label_ids[i : i + 500]))
-                    .values(exported_at=utcnow())
+                    .values(exported_at=when)
                 )
     finally:
         db.dispose()
@@ -127,6 +127,7 @@ def export_feedback(database_url: str, storage: Storage, out_dir: Path) -> dict[
     """Write every reviewed upload; counts per label, 'skipped' (unreadable) and
     'gate_rejected' (exported only for their reviewer label; also in their label's count)."""
     out_dir = Path(out_dir)
+    read_at = utcnow()
     rows, rejected = _reviewed(database_url)
     counts = {name: 0 for name in LABELS} | {"skipped": 0, "gate_rejected": 0}
     exported: list[str] = []
@@ -138,7 +139,7 @@ def export_feedback(database_url: str, storage: Storage, out_dir: Path) -> dict[
         counts["gate_rejected"] += upload_id in rejected
         exported.append(label_id)
     if exported:
-        _mark_exported(database_url, exported)
+        _mark_exported(database_url, exported, read_at)
     return counts
 
 
