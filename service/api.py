@@ -47,7 +47,7 @@ def create_app(
         title="pneumoscope", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan
     )
     app.state.ctx = AppContext(settings=settings, db=db, storage=storage, publisher=publisher)
-    app.state.metrics = Metrics(db)
+    app.state.metrics = Metrics(db, settings.metrics_cache_seconds)
     errors.install(app)
 
     @app.middleware("http")

@@ -4,6 +4,11 @@
 redoable: a job is taken only if it is queued, or running with an expired
 lease (its worker stopped renewing it). A redelivered message for a job that
 is done, rejected, failed, or held by a live worker changes nothing.
+
+The claim token is ``attempts``: each claim increments it in the same guarded
+UPDATE, so ``(id, attempts)`` names exactly one claim. Renewing and finishing
+require it, so a worker whose lease expired (paused, hung, cut off) and whose
+job was taken over can neither extend nor overwrite the new owner's work.
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, func, or_, select, update
 
 from service.db import Database
 from service.models import JobStatus, Prediction, Upload, WorkerBeat, utcnow
@@ -32,10 +37,20 @@ SAFE_META = {
 
 @dataclass(frozen=True)
 class Claimed:
+    """One claim of one job; ``attempts`` is its token (see the module doc)."""
+
     prediction_id: str
     upload_id: str
     storage_key: str
     attempts: int
+
+    def owns(self) -> Any:
+        """SQL: the job is still running under this claim."""
+        return and_(
+            Prediction.id == self.prediction_id,
+            Prediction.status == JobStatus.RUNNING,
+            Prediction.attempts == self.attempts,
+        )
 
 
 def json_safe(obj: Any) -> Any:
@@ -72,39 +87,54 @@ def claim(db: Database, prediction_id: str, lease_seconds: float) -> Claimed | N
         return Claimed(prediction_id, row[0], row[1], int(row[2]))
 
 
-def renew(db: Database, prediction_id: str, lease_seconds: float) -> None:
+def renew(db: Database, claimed: Claimed, lease_seconds: float) -> bool:
+    """Extend the lease; False when this claim no longer owns the job (it was taken over)."""
     with db.session() as s:
-        s.execute(
+        res = s.execute(
             update(Prediction)
-            .where(Prediction.id == prediction_id, Prediction.status == JobStatus.RUNNING)
+            .where(claimed.owns())
             .values(lease_until=utcnow() + timedelta(seconds=lease_seconds))
         )
+        return res.rowcount == 1
 
 
-def _finish(db: Database, prediction_id: str, **values: Any) -> bool:
-    """Only a running job can finish, and only once (a second finisher is a no-op)."""
+def _finish(db: Database, claimed: Claimed, **values: Any) -> bool:
+    """Only the claim that owns a running job can finish it, and only once."""
     now = utcnow()
     with db.session() as s:
         res = s.execute(
             update(Prediction)
-            .where(Prediction.id == prediction_id, Prediction.status == JobStatus.RUNNING)
+            .where(claimed.owns())
             .values(finished_at=now, lease_until=None, **values)
         )
         return res.rowcount == 1
 
 
-def finish_done(db: Database, prediction_id: str, **values: Any) -> bool:
-    return _finish(db, prediction_id, status=JobStatus.DONE, **values)
+def finish_done(db: Database, claimed: Claimed, **values: Any) -> bool:
+    return _finish(db, claimed, status=JobStatus.DONE, **values)
 
 
-def finish_rejected(db: Database, prediction_id: str, rejection: dict[str, Any], **v: Any) -> bool:
-    return _finish(
-        db, prediction_id, status=JobStatus.REJECTED, rejection=json_safe(rejection), **v
-    )
+def finish_rejected(db: Database, claimed: Claimed, rejection: dict[str, Any], **v: Any) -> bool:
+    return _finish(db, claimed, status=JobStatus.REJECTED, rejection=json_safe(rejection), **v)
 
 
-def finish_failed(db: Database, prediction_id: str, error: str) -> bool:
-    return _finish(db, prediction_id, status=JobStatus.FAILED, error=error[:1000])
+def finish_failed(db: Database, claimed: Claimed, error: str) -> bool:
+    return _finish(db, claimed, status=JobStatus.FAILED, error=error[:1000])
+
+
+def active_counts(db: Database) -> dict[str, int]:
+    """Jobs queued and running. Cheap at any table size: the status index finds only
+    active rows, and MAX_QUEUE_DEPTH bounds how many there are."""
+    counts = {JobStatus.QUEUED.value: 0, JobStatus.RUNNING.value: 0}
+    with db.session() as s:
+        rows = s.execute(
+            select(Prediction.status, func.count())
+            .where(Prediction.status.in_(list(counts)))
+            .group_by(Prediction.status)
+        ).all()
+    for status, n in rows:
+        counts[status] = int(n)
+    return counts
 
 
 def store_upload_meta(db: Database, upload_id: str, meta: dict[str, Any]) -> None:

@@ -1,12 +1,22 @@
 """Prometheus metrics. Request counts/latencies are counted in the API process; job figures
-(queue depth, predictions by status and label, inference time) are read from the database at
-scrape time, so they are right however many worker processes there are.
+(queue depth, predictions by status and label, inference time) are read from the database, so
+they are right however many worker processes there are.
+
+What a scrape costs: the queue depth is counted fresh each time on the status index, which
+touches only queued and running rows (at most MAX_QUEUE_DEPTH of them). The whole-table
+totals (by status and label, inference time) are one aggregate query, reused for
+METRICS_CACHE_SECONDS: however often and by however many scrapers, the table is scanned at
+most once per that interval per API process. Why not counters kept by the workers: they are
+separate processes without an HTTP endpoint, and a table of counters would need every job's
+finish to update one hot row.
 """
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, SummaryMetricFamily
@@ -15,19 +25,27 @@ from starlette.requests import Request
 from starlette.responses import Response
 
 from service.db import Database
+from service.jobs import active_counts
 from service.models import JobStatus, Prediction
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+ACTIVE = (JobStatus.QUEUED.value, JobStatus.RUNNING.value)
 
 
 class JobCollector:
-    """Queue depth, predictions by status/label and inference time, from the predictions table."""
+    """Queue depth (fresh), predictions by status/label and inference time (cached totals)."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_seconds: float) -> None:
         self.db = db
+        self.cache_seconds = cache_seconds
+        self.lock = threading.Lock()
+        self.cached: tuple[float, Any] | None = None
 
-    def collect(self) -> Iterator[object]:
-        try:
+    def _totals(self) -> tuple[list[Any], Any]:
+        """The whole-table aggregate, at most once per cache_seconds."""
+        with self.lock:
+            if self.cached and time.monotonic() - self.cached[0] < self.cache_seconds:
+                return self.cached[1]
             with self.db.session() as s:
                 by = s.execute(
                     select(Prediction.status, Prediction.label, func.count()).group_by(
@@ -39,16 +57,23 @@ class JobCollector:
                         func.count(), func.coalesce(func.sum(Prediction.inference_ms), 0.0)
                     ).where(Prediction.inference_ms.is_not(None))
                 ).one()
+            self.cached = (time.monotonic(), (by, inf))
+            return by, inf
+
+    def collect(self) -> Iterator[object]:
+        try:
+            depth = active_counts(self.db)
+            by, inf = self._totals()
         except Exception:
             return
         preds = GaugeMetricFamily(
             "pneumoscope_predictions", "Predictions by status and label", labels=["status", "label"]
         )
-        depth = {JobStatus.QUEUED: 0, JobStatus.RUNNING: 0}
+        for status, n in depth.items():  # fresh: the cached totals may lag behind
+            preds.add_metric([status, ""], n)
         for status, label, n in by:
-            preds.add_metric([status, label or ""], n)
-            if status in depth:
-                depth[status] += n
+            if status not in ACTIVE:
+                preds.add_metric([status, label or ""], n)
         yield preds
         q = GaugeMetricFamily(
             "pneumoscope_queue_depth", "Jobs waiting or running", labels=["state"]
@@ -67,7 +92,7 @@ class JobCollector:
 class Metrics:
     """A registry per app (so tests can build many apps) plus the request middleware."""
 
-    def __init__(self, db: Database) -> None:
+    def __init__(self, db: Database, cache_seconds: float = 30.0) -> None:
         self.registry = CollectorRegistry()
         self.requests = Counter(
             "pneumoscope_http_requests",
@@ -88,7 +113,7 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
-        self.registry.register(JobCollector(db))
+        self.registry.register(JobCollector(db, cache_seconds))
 
     async def middleware(
         self, request: Request, call_next: Callable[[Request], Awaitable[Response]]

@@ -126,6 +126,8 @@ class Label(Base):
     label: Mapped[str] = mapped_column(String(16), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    # Set by export-feedback; a label changed after it (updated_at later) counts as not exported.
+    exported_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 
 class WorkerBeat(Base):

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import cached_property
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from study.serving import MAX_PIXELS, newest_winner
@@ -123,6 +123,66 @@ class Settings(BaseSettings):
         default=0.0,
         description="TASK_DELAY_SECONDS: test-only sleep in each job, to kill a worker mid-task.",
     )
+
+    # --- load, failure and retention (issue #13: backpressure, leases, purge) ---
+    max_queue_depth: int = Field(
+        default=500,
+        description=(
+            "MAX_QUEUE_DEPTH: with this many jobs queued or running, new uploads get 503 + "
+            "Retry-After and nothing is stored; 0 = no limit."
+        ),
+    )
+    retry_after_seconds: int = Field(
+        default=10, description="RETRY_AFTER_SECONDS: the Retry-After sent with a full-queue 503."
+    )
+    rate_limit: str | None = Field(
+        default=None,
+        description=(
+            "RATE_LIMIT: per-client upload limit in the `limits` notation, e.g. '30/minute' "
+            "(429 + Retry-After past it); unset = no limit."
+        ),
+    )
+    rate_limit_storage: str = Field(
+        default="memory://",
+        description=(
+            "RATE_LIMIT_STORAGE: where rate-limit counters live; memory:// counts per API "
+            "process, redis://host:port/1 shares them between API processes."
+        ),
+    )
+    metrics_cache_seconds: float = Field(
+        default=30.0,
+        description=(
+            "METRICS_CACHE_SECONDS: /metrics recomputes its whole-table totals at most this "
+            "often (queue depth is always fresh)."
+        ),
+    )
+    job_timeout_seconds: float = Field(
+        default=600.0,
+        description=(
+            "JOB_TIMEOUT_SECONDS: a job running this long is failed and its (hung) worker "
+            "process exits, so its supervisor starts a fresh one."
+        ),
+    )
+    retention_days: float | None = Field(
+        default=None,
+        description=(
+            "RETENTION_DAYS: workers purge unlabelled uploads older than this automatically "
+            "(as `python -m service purge --older-than DAYS`); unset = never."
+        ),
+    )
+    purge_interval_seconds: float = Field(
+        default=3600.0, description="PURGE_INTERVAL_SECONDS: how often the automatic purge runs."
+    )
+
+    @field_validator("rate_limit")
+    @classmethod
+    def _rate_limit_parses(cls, v: str | None) -> str | None:
+        """A malformed RATE_LIMIT fails at start-up, not as a 500 on the first upload."""
+        if v:
+            from limits import parse
+
+            parse(v)
+        return v or None
 
     @cached_property
     def db_url(self) -> str:

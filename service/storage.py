@@ -31,6 +31,8 @@ class Storage(Protocol):
 
     def exists(self, key: str) -> bool: ...
 
+    def delete(self, key: str) -> None: ...
+
 
 def content_key(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
@@ -73,3 +75,7 @@ class LocalStorage:
             return self._path(key).is_file()
         except StorageKeyError:
             return False
+
+    def delete(self, key: str) -> None:
+        """Remove a blob (retention); a missing one is already gone."""
+        self._path(key).unlink(missing_ok=True)

@@ -34,7 +34,8 @@ class WorkerState:
     storage: Storage
     runtime: ModelRuntime
     publisher: Publisher
-    current: set[str] = field(default_factory=set)
+    # The jobs this process holds: id -> (its claim, time.monotonic() when it started).
+    current: dict[str, tuple[jobs.Claimed, float]] = field(default_factory=dict)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -62,20 +63,20 @@ def process(state: WorkerState, prediction_id: str) -> str:
         log.info("prediction %s: nothing to do (finished or held by a live worker)", prediction_id)
         return "skipped"
     if claimed.attempts > s.max_attempts:
-        jobs.finish_failed(state.db, prediction_id, "the worker stopped too many times on this job")
+        jobs.finish_failed(state.db, claimed, "the worker stopped too many times on this job")
         return "failed"
     with state.lock:
-        state.current.add(prediction_id)
+        state.current[prediction_id] = (claimed, time.monotonic())
     t0 = time.perf_counter()
     try:
         return _run(state, claimed, t0)
     except Exception as exc:
         log.exception("prediction %s failed", prediction_id)
-        jobs.finish_failed(state.db, prediction_id, f"processing error ({type(exc).__name__})")
+        jobs.finish_failed(state.db, claimed, f"processing error ({type(exc).__name__})")
         return "failed"
     finally:
         with state.lock:
-            state.current.discard(prediction_id)
+            state.current.pop(prediction_id, None)
 
 
 def _safe_meta(gate: Any) -> dict[str, Any]:
@@ -104,9 +105,7 @@ def _run(state: WorkerState, claimed: jobs.Claimed, t0: float) -> str:
             "checks": gate.checks or {},
         }
         total = (time.perf_counter() - t0) * 1000.0
-        jobs.finish_rejected(
-            state.db, claimed.prediction_id, rejection, gate_ms=gate_ms, total_ms=total
-        )
+        jobs.finish_rejected(state.db, claimed, rejection, gate_ms=gate_ms, total_ms=total)
         log.info("prediction %s: rejected (%s)", claimed.prediction_id, gate.code)
         return "rejected"
     pixels = gate.decoded.pixels if gate.decoded is not None else None
@@ -114,7 +113,7 @@ def _run(state: WorkerState, claimed: jobs.Claimed, t0: float) -> str:
     heatmap_key = state.storage.put(out.heatmap_png)
     finished = jobs.finish_done(
         state.db,
-        claimed.prediction_id,
+        claimed,
         label=out.label,
         probability=out.probability,
         threshold=out.threshold,
@@ -126,5 +125,6 @@ def _run(state: WorkerState, claimed: jobs.Claimed, t0: float) -> str:
         heatmap_ms=out.heatmap_ms,
         total_ms=(time.perf_counter() - t0) * 1000.0,
     )
-    log.info("prediction %s: done%s", claimed.prediction_id, "" if finished else " (already)")
+    note = "" if finished else " (not saved: another claim owns the job)"
+    log.info("prediction %s: done%s", claimed.prediction_id, note)
     return "done"

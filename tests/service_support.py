@@ -274,6 +274,7 @@ class Stack:
             "SWEEP_INTERVAL_SECONDS": "1",
             "REQUEUE_AFTER_SECONDS": "8",
             "WORKER_TTL_SECONDS": "8",
+            "METRICS_CACHE_SECONDS": "0",  # totals read right after a job (cache: in-process test)
             "LOG_LEVEL": "warning",
             "PYTHONPATH": str(REPO),
             "CUDA_VISIBLE_DEVICES": "-1",

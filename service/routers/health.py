@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select, text
 
 from service.context import Ctx
+from service.embedded import beat_name
 from service.models import WorkerBeat, utcnow
 
 router = APIRouter(tags=["health"])
@@ -42,6 +43,24 @@ def live_workers(ctx: Ctx) -> int:
         )
 
 
+def _check_embedded(ctx: Ctx, request: Request) -> str | None:
+    """Embedded mode only: its own worker child is running and has loaded its model."""
+    sup = getattr(request.app.state, "worker_supervisor", None)
+    if sup is None:
+        return None
+    problem = sup.problem()
+    if problem is not None:
+        return problem
+    fresh = utcnow() - timedelta(seconds=ctx.settings.worker_ttl_seconds)
+    with ctx.db.session() as s:
+        beat = s.execute(
+            select(WorkerBeat.name).where(
+                WorkerBeat.name == beat_name(sup.pid()), WorkerBeat.beat_at >= fresh
+            )
+        ).first()
+    return None if beat else "embedded worker is starting (loading its model)"
+
+
 def _check_model(ctx: Ctx) -> tuple[str | None, int]:
     try:
         n = live_workers(ctx)
@@ -51,11 +70,13 @@ def _check_model(ctx: Ctx) -> tuple[str | None, int]:
 
 
 @router.get("/readyz")
-def readyz(ctx: Ctx) -> JSONResponse:
+def readyz(ctx: Ctx, request: Request) -> JSONResponse:
     problems = {"database": _check_db(ctx), "broker": ctx.publisher.ping()}
     workers = 0
     if problems["database"] is None:
         problems["model"], workers = _check_model(ctx)
+        if getattr(request.app.state, "worker_supervisor", None) is not None:
+            problems["worker"] = _check_embedded(ctx, request)
     else:
         problems["model"] = "unknown (no database)"
     checks = {k: (v or "ok") for k, v in problems.items()}

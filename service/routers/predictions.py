@@ -8,6 +8,7 @@ from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
 
 from service import intake
+from service.admission import Admit
 from service.context import Ctx, get_or_404
 from service.errors import ApiError
 from service.gate import format_check
@@ -39,7 +40,7 @@ def _load(ctx: Ctx, prediction_id: str) -> Prediction:
     return get_or_404(ctx, Prediction, prediction_id, "prediction")
 
 
-@router.post("", status_code=202, response_model=Accepted)
+@router.post("", status_code=202, response_model=Accepted, dependencies=[Admit])
 def create_prediction(
     ctx: Ctx, request: Request, file: Annotated[UploadFile, File()]
 ) -> JSONResponse:

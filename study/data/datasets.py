@@ -170,7 +170,7 @@ def plan_splits(
         seed=seed,
     )
     if extra:
-        plan = data_mod.add_extra_training(plan, extra)
+        plan = data_mod.add_extra_training(plan, extra, audit.linked_clusters())
     data_mod.check_no_leakage(plan, audit.linked_clusters())
     corrupt = {c["path"] for c in audit.corrupt}
     if corrupt:

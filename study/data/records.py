@@ -238,10 +238,23 @@ def make_splits(
     return SplitPlan(out, test_source, notes)
 
 
-def add_extra_training(plan: SplitPlan, extra: Sequence[ImageRecord]) -> SplitPlan:
-    """Reviewed uploads join train only, never val or test."""
-    added = [replace(r, split="train", origin="feedback") for r in extra]
+def add_extra_training(
+    plan: SplitPlan, extra: Sequence[ImageRecord], linked: Iterable[Sequence[str]] = ()
+) -> SplitPlan:
+    """Reviewed uploads join train only, never val or test. One that duplicates (exactly or
+    nearly, per ``linked`` clusters from the audit) a validation or test image is dropped
+    with a note: training on it would leak that image into training."""
+    held_out = {r.path for r in plan.records if r.split != "train"}
+    leaking = {p for c in linked if held_out.intersection(c) for p in c}
+    added = [replace(r, split="train", origin="feedback") for r in extra if r.path not in leaking]
+    dropped = [r.path for r in extra if r.path in leaking]
     notes = plan.notes + [f"added {len(added)} reviewed uploads (feedback) to train only"]
+    if dropped:
+        names = ", ".join(Path(p).name for p in dropped[:5]) + (", ..." if len(dropped) > 5 else "")
+        notes.append(
+            f"dropped {len(dropped)} reviewed uploads that duplicate a validation or test "
+            f"image: {names}"
+        )
     return SplitPlan(plan.records + added, plan.test_source, notes)
 
 

@@ -48,7 +48,7 @@ def test_export_feedback_kaggle_layout(tmp_path: Path, samples_dir: Path, full_r
         c.put(f"/v1/uploads/{ids['dcm']}/label", json={"label": "NORMAL"}, headers=key)
         out = tmp_path / "feedback"
         counts = export_feedback(s.db_url, storage, out)
-        assert counts == {"NORMAL": 1, "PNEUMONIA": 1, "skipped": 0}
+        assert counts == {"NORMAL": 1, "PNEUMONIA": 1, "skipped": 0, "gate_rejected": 0}
         files = sorted(p.relative_to(out).parts[:2] for p in out.rglob("*.png"))
         assert files == [("train", "NORMAL"), ("train", "PNEUMONIA")]
         back = decode((next((out / "train" / "PNEUMONIA").glob("*.png"))).read_bytes())

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import time
 from datetime import timedelta
 from pathlib import Path
 
@@ -14,7 +16,7 @@ from service.api import create_app
 from service.db import Database
 from service.inference import Outcome
 from service.intake import create_job
-from service.models import Prediction, utcnow
+from service.models import Prediction, Upload, utcnow
 from service.storage import LocalStorage
 from service.sweeper import Sweeper
 from tests.service_support import make_publisher, make_settings, queued_prediction_ids
@@ -121,8 +123,8 @@ def test_live_lease_blocks_expired_lease_allows_takeover(world) -> None:
         s.execute(update(Prediction).values(lease_until=utcnow() - timedelta(seconds=1)))
     second = jobs.claim(state.db, pid, 30)
     assert second is not None and second.attempts == 2
-    assert jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)
-    assert not jobs.finish_done(state.db, pid, label="NORMAL", probability=0.1)  # only once
+    assert jobs.finish_done(state.db, second, label="NORMAL", probability=0.1)
+    assert not jobs.finish_done(state.db, second, label="NORMAL", probability=0.1)  # only once
 
 
 def test_job_that_keeps_killing_workers_fails(world) -> None:
@@ -151,3 +153,84 @@ def test_sweeper_resends_lost_jobs_and_beats(world) -> None:
     Sweeper(state).beat_and_sweep()
     assert sorted(queued_prediction_ids(state.settings)) == sorted([queued_long_ago, expired])
     assert client.get("/readyz").json()["checks"]["model"] == "ok"  # the heartbeat counts
+
+
+def expire(state: tasks.WorkerState, pid: str) -> None:
+    with state.db.session() as s:
+        s.execute(
+            update(Prediction)
+            .where(Prediction.id == pid)
+            .values(lease_until=utcnow() - timedelta(seconds=1))
+        )
+
+
+def test_stale_claim_can_neither_renew_nor_finish(world) -> None:
+    """A paused worker whose job was taken over cannot extend it or overwrite the new result."""
+    state, client = world
+    pid = job(state)
+    stale = jobs.claim(state.db, pid, 30)
+    assert stale is not None and jobs.renew(state.db, stale, 30)  # its own lease: renewable
+    expire(state, pid)
+    owner = jobs.claim(state.db, pid, 30)
+    assert owner is not None and owner.attempts == stale.attempts + 1
+    assert not jobs.renew(state.db, stale, 30)
+    assert not jobs.finish_done(state.db, stale, label="PNEUMONIA", probability=0.9)
+    assert not jobs.finish_failed(state.db, stale, "late")
+    assert client.get(f"/v1/predictions/{pid}").json()["status"] == "running"
+    assert jobs.renew(state.db, owner, 30)
+    assert jobs.finish_done(state.db, owner, label="NORMAL", probability=0.1)
+    body = client.get(f"/v1/predictions/{pid}").json()
+    assert body["status"] == "done" and body["result"]["label"] == "NORMAL"
+
+
+def test_job_hung_past_its_timeout_is_failed_and_the_worker_exits(world) -> None:
+    state, client = world
+    state.settings = state.settings.model_copy(update={"job_timeout_seconds": 5.0})
+    hung, fine = job(state, b"hung"), job(state, b"fine")
+    exits: list[bool] = []
+    sweeper = Sweeper(state, on_hung=lambda: exits.append(True))
+    c_hung, c_fine = jobs.claim(state.db, hung, 30), jobs.claim(state.db, fine, 30)
+    assert c_hung and c_fine
+    now = time.monotonic()
+    state.current = {hung: (c_hung, now - 6.0), fine: (c_fine, now)}
+    sweeper.renew_leases()
+    assert exits == [True]
+    body = client.get(f"/v1/predictions/{hung}").json()
+    assert body["status"] == "failed" and "JOB_TIMEOUT_SECONDS" in body["error"]
+    assert client.get(f"/v1/predictions/{fine}").json()["status"] == "running"
+    # the hung thread, should it ever return, cannot overwrite the verdict
+    assert not jobs.finish_done(state.db, c_hung, label="NORMAL", probability=0.1)
+
+
+def test_running_job_past_its_lease_is_redone_by_another_worker(world) -> None:
+    """A worker that stopped renewing (SIGSTOP, cut off): the job is re-sent and redone."""
+    state, client = world
+    pid = job(state)
+    stale = jobs.claim(state.db, pid, 30)
+    expire(state, pid)
+    Sweeper(state).beat_and_sweep()
+    assert pid in queued_prediction_ids(state.settings)
+    assert tasks.process(state, pid) == "done"
+    assert not jobs.finish_failed(state.db, stale, "the old worker woke up")
+    assert client.get(f"/v1/predictions/{pid}").json()["status"] == "done"
+
+
+def test_sweeper_purges_on_schedule_when_retention_is_set(world) -> None:
+    state, client = world
+    old, new = job(state, b"old"), job(state, b"new")
+    assert tasks.process(state, old) == "done" and tasks.process(state, new) == "done"
+    with state.db.session() as s:
+        old_upload = s.get(Prediction, old).upload_id
+        s.execute(
+            update(Upload)
+            .where(Upload.id == old_upload)
+            .values(created_at=utcnow() - timedelta(days=10))
+        )
+    Sweeper(state).beat_and_sweep()  # RETENTION_DAYS unset: nothing is purged
+    assert client.get(f"/v1/predictions/{old}").status_code == 200
+    state.settings = state.settings.model_copy(update={"retention_days": 7.0})
+    Sweeper(state).beat_and_sweep()
+    assert client.get(f"/v1/predictions/{old}").status_code == 404
+    assert client.get(f"/v1/predictions/{new}").json()["status"] == "done"
+    assert not state.storage.exists(hashlib.sha256(b"old").hexdigest())
+    assert state.storage.exists(hashlib.sha256(b"new").hexdigest())
