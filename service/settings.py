@@ -124,6 +124,21 @@ class Settings(BaseSettings):
         description="TASK_DELAY_SECONDS: test-only sleep in each job, to kill a worker mid-task.",
     )
 
+    # --- privacy and per-request bounds (issue 13, first half) ---
+    store_client_filenames: bool = Field(
+        default=False,
+        description=(
+            "STORE_CLIENT_FILENAMES: keep the client's file name (sanitised) with each upload. "
+            "Off by default: file names are often a patient's name (see README: privacy)."
+        ),
+    )
+    max_form_files: int = Field(
+        default=1, description="MAX_FORM_FILES: most file parts in one multipart upload."
+    )
+    max_form_fields: int = Field(
+        default=4, description="MAX_FORM_FIELDS: most non-file parts in one multipart upload."
+    )
+
     @cached_property
     def db_url(self) -> str:
         """DATABASE_URL, or the embedded SQLite file."""

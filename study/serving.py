@@ -10,6 +10,9 @@ listed here, each name re-exported from the stage that owns it:
 * decoding (:mod:`study.data.preprocess`): :func:`decode`, :func:`sniff_format`,
   :func:`header_size` (declared size, read before decoding), :class:`Decoded`,
   :class:`ImageDecodeError` and :data:`MAX_PIXELS`, the project's one pixel limit.
+* DICOM before decoding (:mod:`study.data.dicom`): :func:`dicom_header` (declared
+  sizes and header fields, checked) and :func:`deidentify_dicom` (the allow-list
+  copy that is stored instead of the upload).
 * preprocessing steps, for the input gate's features: :func:`to_grayscale`,
   :func:`window`, :func:`normalise`, :func:`resize`, :class:`PreprocessConfig`.
 * pictures: :func:`grey_preview` (:mod:`study.data.preview`, the one grey
@@ -25,6 +28,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from study.data.dicom import deidentify_dicom, dicom_header
 from study.data.preprocess import (
     MAX_PIXELS,
     Decoded,
@@ -54,6 +58,8 @@ __all__ = [
     "PreprocessConfig",
     "Winner",
     "decode",
+    "deidentify_dicom",
+    "dicom_header",
     "gradcam",
     "grey_preview",
     "header_size",

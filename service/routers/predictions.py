@@ -15,12 +15,17 @@ from service.models import JobStatus, Prediction
 from service.queue import BrokerUnavailable
 from service.schemas import Accepted, PredictionOut, prediction_out, status_url
 from service.storage import StorageKeyError
-from study.serving import sniff_format
+from study.serving import ImageDecodeError
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 CHUNK = 1 << 20
 # Gate codes that the request path may answer with, and their HTTP status.
-FORMAT_STATUS = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
+FORMAT_STATUS = {
+    "too_large": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "burned_in_annotation": 422,
+}
 
 
 def read_limited(file: UploadFile, limit: int) -> bytes:
@@ -43,16 +48,26 @@ def _load(ctx: Ctx, prediction_id: str) -> Prediction:
 def create_prediction(
     ctx: Ctx, request: Request, file: Annotated[UploadFile, File()]
 ) -> JSONResponse:
-    """Cheap checks only (size, format by magic bytes); the gate and the model run in a worker."""
+    """Header checks only (size, magic bytes, declared sizes, DICOM header fields), then
+    de-identification; decoding, the gate and the model run in a worker."""
     metrics = request.app.state.metrics
-    data = read_limited(file, ctx.settings.max_upload_bytes)
-    check = format_check(data, ctx.settings)
+    s = ctx.settings
+    data = read_limited(file, s.max_upload_bytes)
+    check = format_check(data, s)
     if not check.accepted:
         metrics.uploads.labels(check.code or "refused").inc()
         status = FORMAT_STATUS.get(check.code or "", 422)
         raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
-    fmt = sniff_format(data) or "unknown"
-    upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, data, file.filename, fmt)
+    fmt = str(check.meta.get("format", "unknown"))
+    try:
+        stored = intake.stored_bytes(data, fmt, s.max_pixels)
+    except ImageDecodeError as exc:
+        metrics.uploads.labels("not_an_image").inc()
+        why = f"the DICOM file cannot be de-identified: {exc}"
+        raise ApiError(415, "not_an_image", why) from exc
+    del data  # free the upload as sent early: only the stored copy is used from here
+    name = intake.display_name(file.filename, s.store_client_filenames)
+    upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, stored, name, fmt)
     try:
         ctx.publisher.send(pred_id)
     except BrokerUnavailable as exc:
