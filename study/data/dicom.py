@@ -182,7 +182,7 @@ def decode_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, An
         raise ImageDecodeError("DICOM has no pixel data")
     _check_frame_size(ds, h)
     try:
-        arr = pixel_array(ds, index=0)
+        arr = pixel_array(ds, index=0, decoding_plugin=decoding_plugin(h.transfer_syntax))
     except Exception as exc:  # pydicom raises many types for missing codecs
         raise ImageDecodeError(
             f"DICOM transfer syntax {meta['transfer_syntax'] or 'unknown'} cannot be decoded "
@@ -194,6 +194,19 @@ def decode_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, An
     if meta["PhotometricInterpretation"] == "MONOCHROME1":
         arr = arr.max() - arr
     return arr, meta
+
+
+def decoding_plugin(transfer_syntax: str) -> str:
+    """``pylibjpeg`` wherever it can decode the syntax, else pydicom's choice (""): the same
+    decoder whatever else is installed (python-gdcm, a test-only encoder, comes first
+    in pydicom's own order)."""
+    from pydicom.pixels import get_decoder
+
+    try:
+        plugins = get_decoder(transfer_syntax).available_plugins
+    except (NotImplementedError, ValueError, KeyError):
+        return ""
+    return "pylibjpeg" if "pylibjpeg" in plugins else ""
 
 
 def _check_frame_size(ds: Any, h: DicomHeader) -> None:
