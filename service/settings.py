@@ -132,6 +132,13 @@ class Settings(BaseSettings):
             "Off by default: file names are often a patient's name (see README: privacy)."
         ),
     )
+    max_concurrent_uploads: int = Field(
+        default=4,
+        description=(
+            "MAX_CONCURRENT_UPLOADS: uploads read, checked and de-identified at once in the API; "
+            "more wait. The API's memory is about this many times one request's (README)."
+        ),
+    )
     max_form_files: int = Field(
         default=1, description="MAX_FORM_FILES: most file parts in one multipart upload."
     )

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -14,11 +15,13 @@ from service.gate import format_check
 from service.models import JobStatus, Prediction
 from service.queue import BrokerUnavailable
 from service.schemas import Accepted, PredictionOut, prediction_out, status_url
+from service.settings import Settings
 from service.storage import StorageKeyError
 from study.serving import ImageDecodeError
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 CHUNK = 1 << 20
+_SLOTS_LOCK = threading.Lock()
 # Gate codes that the request path may answer with, and their HTTP status.
 FORMAT_STATUS = {
     "too_large": 413,
@@ -40,6 +43,33 @@ def read_limited(file: UploadFile, limit: int) -> bytes:
             raise ApiError(413, "too_large", f"file is over the {limit} byte limit")
 
 
+def _intake_slots(request: Request, n: int) -> threading.BoundedSemaphore:
+    """One semaphore per app: at most n uploads are held in memory and de-identified at
+    once, so the API's memory is bounded by n x one request's (README: limits)."""
+    state = request.app.state
+    with _SLOTS_LOCK:
+        if not hasattr(state, "intake_slots"):
+            state.intake_slots = threading.BoundedSemaphore(n)
+    return state.intake_slots
+
+
+def _checked_and_deidentified(file: UploadFile, s: Settings, metrics: Any) -> tuple[bytes, str]:
+    """The bytes to store and their format, from header checks only; ApiError otherwise."""
+    data = read_limited(file, s.max_upload_bytes)
+    check = format_check(data, s)
+    if not check.accepted:
+        metrics.uploads.labels(check.code or "refused").inc()
+        status = FORMAT_STATUS.get(check.code or "", 422)
+        raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
+    fmt = str(check.meta.get("format", "unknown"))
+    try:
+        return intake.stored_bytes(data, fmt, s.max_pixels), fmt
+    except ImageDecodeError as exc:
+        metrics.uploads.labels("not_an_image").inc()
+        why = f"the DICOM file cannot be de-identified: {exc}"
+        raise ApiError(415, "not_an_image", why) from exc
+
+
 def _load(ctx: Ctx, prediction_id: str) -> Prediction:
     return get_or_404(ctx, Prediction, prediction_id, "prediction")
 
@@ -52,20 +82,8 @@ def create_prediction(
     de-identification; decoding, the gate and the model run in a worker."""
     metrics = request.app.state.metrics
     s = ctx.settings
-    data = read_limited(file, s.max_upload_bytes)
-    check = format_check(data, s)
-    if not check.accepted:
-        metrics.uploads.labels(check.code or "refused").inc()
-        status = FORMAT_STATUS.get(check.code or "", 422)
-        raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
-    fmt = str(check.meta.get("format", "unknown"))
-    try:
-        stored = intake.stored_bytes(data, fmt, s.max_pixels)
-    except ImageDecodeError as exc:
-        metrics.uploads.labels("not_an_image").inc()
-        why = f"the DICOM file cannot be de-identified: {exc}"
-        raise ApiError(415, "not_an_image", why) from exc
-    del data  # free the upload as sent early: only the stored copy is used from here
+    with _intake_slots(request, s.max_concurrent_uploads):
+        stored, fmt = _checked_and_deidentified(file, s, metrics)
     name = intake.display_name(file.filename, s.store_client_filenames)
     upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, stored, name, fmt)
     try:
