@@ -12,7 +12,8 @@ listed here, each name re-exported from the stage that owns it:
   :class:`ImageDecodeError` and :data:`MAX_PIXELS`, the project's one pixel limit.
 * DICOM before decoding (:mod:`study.data.dicom`): :func:`dicom_header` (declared
   sizes and header fields, checked) and :func:`deidentify_dicom` (the allow-list
-  copy that is stored instead of the upload).
+  copy that is stored instead of the upload); for JPEG/PNG
+  :func:`strip_metadata` (:mod:`study.data.metadata`).
 * preprocessing steps, for the input gate's features: :func:`to_grayscale`,
   :func:`window`, :func:`normalise`, :func:`resize`, :class:`PreprocessConfig`.
 * pictures: :func:`grey_preview` (:mod:`study.data.preview`, the one grey
@@ -29,6 +30,7 @@ import importlib
 from typing import TYPE_CHECKING, Any
 
 from study.data.dicom import deidentify_dicom, dicom_header
+from study.data.metadata import strip_metadata
 from study.data.preprocess import (
     MAX_PIXELS,
     Decoded,
@@ -71,6 +73,7 @@ __all__ = [
     "resize",
     "scan",
     "sniff_format",
+    "strip_metadata",
     "to_grayscale",
     "window",
 ]

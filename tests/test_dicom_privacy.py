@@ -162,3 +162,55 @@ def test_multiframe_keeps_and_decodes_only_the_first_frame() -> None:
     out = pydicom.dcmread(io.BytesIO(deidentify_dicom(enc, MAX_PIXELS)))
     assert "NumberOfFrames" not in out
     assert decode_dicom(enc, MAX_PIXELS)[0].shape == (64, 64)
+
+
+# ------------------------------------------------------------------ JPEG and PNG metadata
+
+
+def _tagged(fmt: str, orientation: int) -> tuple[bytes, list[bytes]]:
+    """A JPEG/PNG whose EXIF (and JPEG comment / PNG text chunk) names a patient."""
+    from PIL import Image, PngImagePlugin
+
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    exif[0x010E] = "CHEST OF QUACKENBUSH GRETCHEN"  # ImageDescription
+    exif[0x013B] = "DR ZHIVAGO YURI"  # Artist
+    im = Image.fromarray(_chest_like(bits=8).astype(np.uint8))
+    buf = io.BytesIO()
+    if fmt == "jpeg":
+        im.save(buf, "JPEG", exif=exif, comment=b"PATIENT MUSTERMANN ERIKA")
+        data = buf.getvalue() + b"TRAILING MUSTERMANN"
+    else:
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "PATIENT MUSTERMANN ERIKA")
+        info.add_itxt("Author", "PATIENT MUSTERMANN ERIKA")
+        im.save(buf, "PNG", exif=exif, pnginfo=info)
+        data = buf.getvalue() + b"TRAILING MUSTERMANN"
+    return data, [b"QUACKENBUSH", b"ZHIVAGO", b"MUSTERMANN"]
+
+
+@pytest.mark.parametrize("fmt", ["jpeg", "png"])
+@pytest.mark.parametrize("orientation", [1, 6])
+def test_image_metadata_stripped_pixels_and_orientation_kept(fmt: str, orientation: int) -> None:
+    from study.data.metadata import strip_metadata
+    from study.data.preprocess import decode, exif_orientation
+
+    data, names = _tagged(fmt, orientation)
+    assert all(n in data for n in names)
+    out = strip_metadata(data, fmt)
+    assert not [n for n in names if n in out]
+    assert exif_orientation(out) == orientation
+    before, after = decode(data), decode(out)
+    np.testing.assert_array_equal(after.pixels, before.pixels)
+    assert after.meta == before.meta
+
+
+def test_truncated_image_without_data_refused() -> None:
+    from study.data.metadata import strip_metadata
+
+    data, _ = _tagged("png", 1)
+    with pytest.raises(ImageDecodeError):
+        strip_metadata(data[: data.index(b"IDAT")], "png")
+    jpeg, _ = _tagged("jpeg", 1)
+    with pytest.raises(ImageDecodeError):
+        strip_metadata(jpeg[:40], "jpeg")

@@ -66,7 +66,7 @@ def _checked_and_deidentified(file: UploadFile, s: Settings, metrics: Any) -> tu
         return intake.stored_bytes(data, fmt, s.max_pixels), fmt
     except ImageDecodeError as exc:
         metrics.uploads.labels("not_an_image").inc()
-        why = f"the DICOM file cannot be de-identified: {exc}"
+        why = f"the {fmt.upper()} file cannot be stored without its identifiers: {exc}"
         raise ApiError(415, "not_an_image", why) from exc
 
 

@@ -4,6 +4,7 @@ reach the disk, bombs get a clear 4xx while the API's memory stays bounded and /
 
 from __future__ import annotations
 
+import io
 import re
 import select
 import socket
@@ -87,13 +88,24 @@ def test_dicom_identifiers_never_at_rest(sqlite_stack: Stack, sample_jpeg: bytes
     assert not _found(sqlite_stack, search, rb"PHIX\d{5}")
 
 
-def test_client_file_name_not_stored(sqlite_stack: Stack, sample_jpeg: bytes) -> None:
-    unique = sample_jpeg + uuid.uuid4().bytes  # after the JPEG's end: decodes the same
-    name = "Quackenbush, Gretchen 1961-02-17.jpeg"
-    r = sqlite_stack.upload(unique, name=name)
+def test_jpeg_file_name_and_metadata_not_stored(sqlite_stack: Stack, sample_jpeg: bytes) -> None:
+    """A JPEG named after a person, whose EXIF and comment name her too."""
+    from PIL import Image
+
+    pixels = _chest_pixels(sample_jpeg)
+    pixels[0, :16] = np.frombuffer(uuid.uuid4().bytes, np.uint8)  # unique bytes for this run
+    exif = Image.Exif()
+    exif[0x010E] = "CHEST OF GRETCHEN QUACKENBUSH"  # ImageDescription
+    exif[0x013B] = "DR YURI ZHIVAGO"  # Artist
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "JPEG", exif=exif, comment=b"QUACKENBUSH 1961-02-17")
+    data = buf.getvalue()
+    names = [b"Quackenbush", b"Gretchen", b"Zhivago"]
+    assert all(n.upper() in data for n in names)
+    r = sqlite_stack.upload(data, name="Quackenbush, Gretchen 1961-02-17.jpeg")
     assert r.status_code == 202, r.text
     sqlite_stack.wait_status(r.json()["id"], ("done", "rejected", "failed"))
-    assert not _found(sqlite_stack, [b"Quackenbush", b"Gretchen"])
+    assert not _found(sqlite_stack, names)
 
 
 # ------------------------------------------------------------------ bombs
@@ -279,7 +291,10 @@ def test_file_names_kept_only_when_enabled(tmp_path: Path, sample_jpeg: bytes) -
     from service.api import create_app
     from tests.service_support import API_KEY, make_publisher, make_settings
 
-    for keep, expected in ((False, "upload"), (True, "Gretchen_Quackenbush.jpeg")):
+    for keep, expected in (
+        (False, r"upload-[0-9a-f]{8}\.jpeg"),
+        (True, "Gretchen_Quackenbush.jpeg"),
+    ):
         settings = make_settings(tmp_path / str(keep), store_client_filenames=keep)
         pub = make_publisher(settings)
         try:
@@ -288,6 +303,6 @@ def test_file_names_kept_only_when_enabled(tmp_path: Path, sample_jpeg: bytes) -
                 r = c.post("/v1/predictions", files={"file": part})
                 assert r.status_code == 202, r.text
                 items = c.get("/v1/uploads", headers={"X-API-Key": API_KEY}).json()["items"]
-                assert items[0]["original_name"] == expected
+                assert re.fullmatch(expected, items[0]["original_name"]), items[0]
         finally:
             pub.app.close()

@@ -39,7 +39,9 @@ def ui_stack(tiny_winner: Path, artifacts_dir: Path) -> Iterator[Stack]:
     """This module's own service, so the review queue holds only what these tests uploaded."""
     logs = artifacts_dir / "service-logs" / "ui"
     shutil.rmtree(logs, ignore_errors=True)
-    with running_stack("pneumoscope-ui-", {"MODEL_PATH": str(tiny_winner)}, logs) as stack:
+    # File names are shown to reviewers only when kept (off by default: README, privacy).
+    env = {"MODEL_PATH": str(tiny_winner), "STORE_CLIENT_FILENAMES": "true"}
+    with running_stack("pneumoscope-ui-", env, logs) as stack:
         yield stack
 
 
