@@ -152,7 +152,8 @@ def test_undecodable_transfer_syntax_unsupported_format(samples_dir: Path) -> No
 def test_supported_transfer_syntaxes_listed() -> None:
     names = set(supported_transfer_syntaxes().values())
     assert {"Implicit VR Little Endian", "Explicit VR Little Endian"} <= names
-    assert "JPEG 2000 Image Compression (Lossless Only)" in names  # Pillow's OpenJPEG
+    assert "JPEG 2000 Image Compression (Lossless Only)" in names  # pylibjpeg-openjpeg
+    assert "1.2.840.10008.1.2.4.70" in supported_transfer_syntaxes()  # pylibjpeg-libjpeg
 
 
 # ------------------------------------------------------------------ DICOM
