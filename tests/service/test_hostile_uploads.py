@@ -8,7 +8,6 @@ import io
 import re
 import select
 import socket
-import sqlite3
 import struct
 import threading
 import time
@@ -44,17 +43,24 @@ def _files(stack: Stack) -> list[Path]:
 
 
 def _table_dump(stack: Stack) -> bytes:
-    """Every row of every table of every SQLite database, as text."""
+    """Every row of every table of the service's database (SQLite or PostgreSQL) and of the
+    SQLite broker when there is one, as text."""
+    import sqlalchemy as sa
+
+    urls = [f"sqlite:///{p}" for p in stack.workdir.rglob("*.db")]
+    if stack.env.get("DATABASE_URL"):
+        urls.append(stack.env["DATABASE_URL"])
     out = []
-    for db in stack.workdir.rglob("*.db"):
-        con = sqlite3.connect(db)
+    for url in urls:
+        engine = sa.create_engine(url)
         try:
-            query = "SELECT name FROM sqlite_master WHERE type='table'"
-            tables = [r[0] for r in con.execute(query)]
-            for t in tables:
-                out += [repr(row) for row in con.execute(f'SELECT * FROM "{t}"')]  # noqa: S608
+            meta = sa.MetaData()
+            meta.reflect(engine)
+            with engine.connect() as con:
+                for table in meta.sorted_tables:
+                    out += [repr(tuple(row)) for row in con.execute(sa.select(table))]
         finally:
-            con.close()
+            engine.dispose()
     return "\n".join(out).encode()
 
 
@@ -75,7 +81,8 @@ def _chest_pixels(jpeg: bytes) -> np.ndarray:
     return cv2.resize(grey, (512, 512), interpolation=cv2.INTER_AREA)
 
 
-def test_dicom_identifiers_never_at_rest(sqlite_stack: Stack, sample_jpeg: bytes) -> None:
+def test_dicom_identifiers_never_at_rest(stack: Stack, sample_jpeg: bytes) -> None:
+    sqlite_stack = stack  # both backends: SQLite files, and PostgreSQL + Redis
     ds, values = phi_dataset(_chest_pixels(sample_jpeg))
     ds.SeriesNumber = int(uuid.uuid4().int % 10**6)  # unique bytes for this run
     data = to_bytes(ds)
@@ -88,8 +95,9 @@ def test_dicom_identifiers_never_at_rest(sqlite_stack: Stack, sample_jpeg: bytes
     assert not _found(sqlite_stack, search, rb"PHIX\d{5}")
 
 
-def test_jpeg_file_name_and_metadata_not_stored(sqlite_stack: Stack, sample_jpeg: bytes) -> None:
+def test_jpeg_file_name_and_metadata_not_stored(stack: Stack, sample_jpeg: bytes) -> None:
     """A JPEG named after a person, whose EXIF and comment name her too."""
+    sqlite_stack = stack
     from PIL import Image
 
     pixels = _chest_pixels(sample_jpeg)
