@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
-from starlette.requests import Request
 
 from service import errors
 from service.context import AppContext
@@ -44,22 +43,15 @@ def create_app(
         db.dispose()
 
     app = FastAPI(
-        title="pneumoscope", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan
-    )
+        title="pneumoscope", version="1", docs_url="/docs", redoc_url=None, lifespan=lifespan,
+        # Counted while the body streams in (chunked too): reading stops at the limit -> 413.
+        max_body_size=settings.max_upload_bytes + MULTIPART_SLACK,
+        form_limits={"max_files": settings.max_form_files,
+                     "max_fields": settings.max_form_fields},
+    )  # fmt: skip
     app.state.ctx = AppContext(settings=settings, db=db, storage=storage, publisher=publisher)
     app.state.metrics = Metrics(db, settings.metrics_cache_seconds)
     errors.install(app)
-
-    @app.middleware("http")
-    async def limit_body(request: Request, call_next):  # type: ignore[no-untyped-def]
-        """Refuse an oversized body from its Content-Length, before multipart parsing spools it."""
-        length = request.headers.get("content-length")
-        limit = settings.max_upload_bytes + MULTIPART_SLACK
-        if length is not None and length.isdigit() and int(length) > limit:
-            return errors.error_response(
-                413, "too_large", f"file is over the {settings.max_upload_bytes} byte limit"
-            )
-        return await call_next(request)
 
     app.middleware("http")(app.state.metrics.middleware)
     if settings.cors_origin_list:

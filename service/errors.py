@@ -50,6 +50,8 @@ def install(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = _HTTP_CODES.get(exc.status_code, "error")
         msg = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+        if exc.status_code == 413:  # the streaming body limit stopped reading
+            msg = "the upload is over the byte limit (MAX_UPLOAD_BYTES); nothing was stored"
         return error_response(exc.status_code, code, msg, getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)

@@ -1,8 +1,10 @@
 """Input gate: "is this a usable chest X-ray?", in four layers, each with its own code.
 
-1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large``: JPEG, PNG or
-   DICOM through the study's decode (the only decoder), byte and pixel limits
-   (Settings.max_upload_bytes / max_pixels) checked before any pixel is decoded.
+1. format   ``not_an_image`` / ``unsupported_format`` / ``too_large`` /
+   ``burned_in_annotation``: JPEG, PNG or DICOM, byte and pixel limits
+   (Settings.max_upload_bytes / max_pixels) checked from the headers before any
+   pixel is decoded (:func:`format_check`, the API's only check), then the one
+   frame used is decoded through the study's decode (:func:`decode_check`, worker).
 2. X-ray    ``not_xray``: colour, white background, edge density
    and fine detail against thresholds learned from the training X-rays.
 3. chest    ``not_chest_xray``: DICOM Modality/BodyPartExamined when present, then
@@ -23,6 +25,7 @@ CLI::
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -43,6 +46,7 @@ from study.serving import (
     Decoded,
     ImageDecodeError,
     decode,
+    dicom_header,
     header_size,
     sniff_format,
     to_grayscale,
@@ -54,11 +58,12 @@ DEFAULT_GATE_PATH = Path("results") / "gate" / "gate.npz"
 
 
 class Refusal(StrEnum):
-    """The gate's refusal codes, one per layer (format has three); stored and sent as strings."""
+    """The gate's refusal codes, one per layer (format has four); stored and sent as strings."""
 
     NOT_AN_IMAGE = "not_an_image"
     UNSUPPORTED_FORMAT = "unsupported_format"
     TOO_LARGE = "too_large"
+    BURNED_IN_ANNOTATION = "burned_in_annotation"
     NOT_XRAY = "not_xray"
     NOT_CHEST_XRAY = "not_chest_xray"
     LOW_QUALITY = "low_quality"
@@ -99,14 +104,22 @@ _OTHER_MAGIC = (
 )
 
 
+def supported_name(uid: str) -> str:
+    """A transfer syntax's name for messages, or its UID when unknown."""
+    from pydicom.uid import UID
+
+    name = UID(uid).name if uid else "unknown"
+    return name if name and name != uid else (uid or "unknown")
+
+
+@functools.cache
 def supported_transfer_syntaxes() -> dict[str, str]:
     """DICOM transfer syntaxes this installation can decode (UID -> name).
 
     With the pinned packages: uncompressed (implicit/explicit VR, little/big
-    endian, deflated), RLE Lossless, JPEG Baseline/Extended and JPEG 2000
-    (through Pillow's OpenJPEG). JPEG Lossless, JPEG-LS and HTJ2K need
-    pylibjpeg-libjpeg / pylibjpeg-openjpeg, which are not installed: such files
-    get ``unsupported_format``.
+    endian, deflated), RLE Lossless, JPEG Baseline/Extended/Lossless, JPEG-LS
+    (pylibjpeg-libjpeg), JPEG 2000 and HTJ2K (pylibjpeg-openjpeg). Any other
+    encoding gets ``unsupported_format`` from the header, before decoding.
     """
     from pydicom import uid as u
     from pydicom.pixels import get_decoder
@@ -198,7 +211,8 @@ def _declared_size(data: bytes, fmt: str, max_pixels: int, checks: dict) -> Gate
 
 
 def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
-    """Layer 1 only: is this a JPEG/PNG/DICOM within the limits? Cheap; never raises."""
+    """Layer 1 from headers only: magic bytes, byte limit, declared sizes and DICOM header
+    fields. Never decodes a pixel (the API runs it on every upload); never raises."""
     s = settings or Settings()
     checks: dict[str, dict[str, Any]] = {}
     n, limit = len(data), s.max_upload_bytes
@@ -213,9 +227,36 @@ def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
     if fmt is None:
         return _unknown_format(data, checks)
     checks["format"] = _check(fmt, "jpeg|png|dicom", "in", True, "format")
-    refused = _declared_size(data, fmt, s.max_pixels, checks) if fmt != "dicom" else None
+    if fmt == "dicom":
+        return _dicom_header_check(data, s, checks)
+    refused = _declared_size(data, fmt, s.max_pixels, checks)
     if refused is not None:
         return refused
+    w, h = header_size(data, fmt)
+    return GateResult(True, None, "ok", checks, None, {"format": fmt, "width": w, "height": h})
+
+
+def _dicom_header_check(data: bytes, s: Settings, checks: dict) -> GateResult:
+    """DICOM header fields: frames x rows x columns x samples, burned-in text, encoding."""
+    try:
+        h = dicom_header(data, s.max_pixels)
+    except ImageDecodeError as exc:
+        return _decode_failure("dicom", str(exc), checks, s)
+    checks["pixels"] = _check(h.total_samples, s.max_pixels, "max", True, "format")
+    supported = supported_transfer_syntaxes()
+    if h.transfer_syntax not in supported:
+        name = supported_name(h.transfer_syntax)
+        why = f"DICOM transfer syntax {name} cannot be decoded here"
+        return _decode_failure("dicom", why, checks, s)
+    meta = {"format": "dicom", "width": h.columns, "height": h.rows}
+    meta |= {k: h.meta[k] for k in SAFE_META if k in h.meta}
+    return GateResult(True, None, "ok", checks, None, meta)
+
+
+def decode_check(data: bytes, header: GateResult, settings: Settings | None = None) -> GateResult:
+    """Layer 1's decoding step (worker only): the one frame that is used, within the limits."""
+    s = settings or Settings()
+    checks, fmt = dict(header.checks), str(header.meta.get("format", "image"))
     try:
         decoded = decode(data, max_pixels=s.max_pixels)
         to_grayscale(decoded.pixels)  # shape sanity: refuses odd channel layouts
@@ -237,6 +278,9 @@ def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
 
 def _decode_failure(fmt: str, reason: str, checks: dict, s: Settings) -> GateResult:
     """Map decode()'s specific reasons onto the format codes."""
+    if "burned-in annotation" in reason:
+        checks["burned_in_annotation"] = _check("YES", "NO", "eq", False, "format")
+        return _reject(Refusal.BURNED_IN_ANNOTATION, reason, checks)
     if "pixel limit" in reason:
         checks["pixels"] = _check(None, s.max_pixels, "max", False, "format")
         return _reject(Refusal.TOO_LARGE, f"the image is too large: {reason}", checks)
@@ -364,6 +408,8 @@ def run_gate(
 ) -> GateResult:
     """All four layers on raw upload bytes. Never raises for bad input."""
     fmt = format_check(data, settings)
+    if fmt.accepted:
+        fmt = decode_check(data, fmt, settings)
     if not fmt.accepted or fmt.decoded is None:
         return fmt
     res = gate_decoded(fmt.decoded, settings, model)

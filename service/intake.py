@@ -1,5 +1,10 @@
 """Turning accepted bytes into an upload row + a queued prediction, in one transaction.
 
+Nothing identifying is written: a DICOM is replaced by its de-identified copy,
+a JPEG or PNG by a copy without metadata (:func:`stored_bytes`), before it is
+hashed and stored, and the client's file name is kept only when
+STORE_CLIENT_FILENAMES is on.
+
 Duplicates: the same bytes (same SHA-256) reuse the upload row and stored
 file, and every POST creates a NEW prediction. Why: the model may have
 changed since, a failed job can be retried by re-uploading, and each client
@@ -18,6 +23,7 @@ from sqlalchemy.exc import IntegrityError
 from service.db import Database
 from service.models import JobStatus, Prediction, Upload
 from service.storage import Storage
+from study.serving import deidentify_dicom, strip_metadata
 
 CONTENT_TYPES = {"jpeg": "image/jpeg", "png": "image/png", "dicom": "application/dicom"}
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -30,10 +36,23 @@ def sanitise_name(name: str | None) -> str:
     return clean or "upload"
 
 
+def stored_bytes(data: bytes, fmt: str, max_pixels: int) -> bytes:
+    """What is stored for an upload: a DICOM's allow-list copy, a JPEG/PNG without its
+    metadata. Raises ImageDecodeError when that cannot be made (nothing is stored)."""
+    return deidentify_dicom(data, max_pixels) if fmt == "dicom" else strip_metadata(data, fmt)
+
+
+def display_name(name: str | None, keep: bool) -> str | None:
+    """The sanitised client file name when the setting keeps it, else None (create_job then
+    names the upload from its content: ``upload-<sha256[:8]>.<format>``)."""
+    return sanitise_name(name) if keep else None
+
+
 def create_job(
     db: Database, storage: Storage, data: bytes, name: str | None, fmt: str
 ) -> tuple[str, str]:
-    """Store the bytes, then (upload, prediction) rows atomically; returns their ids."""
+    """Store the (already de-identified) bytes, then (upload, prediction) rows atomically;
+    returns their ids. ``name`` is stored as given: pass :func:`display_name`'s answer."""
     sha = hashlib.sha256(data).hexdigest()
     key = storage.put(data)
     for attempt in range(3):
@@ -43,7 +62,7 @@ def create_job(
                 if upload is None:
                     upload = Upload(
                         sha256=sha,
-                        original_name=sanitise_name(name),
+                        original_name=name or f"upload-{sha[:8]}.{fmt}",
                         content_type=CONTENT_TYPES.get(fmt, "application/octet-stream"),
                         size_bytes=len(data),
                         storage_key=key,

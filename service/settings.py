@@ -174,6 +174,28 @@ class Settings(BaseSettings):
         default=3600.0, description="PURGE_INTERVAL_SECONDS: how often the automatic purge runs."
     )
 
+    # --- privacy and per-request bounds (issue 13, first half) ---
+    store_client_filenames: bool = Field(
+        default=False,
+        description=(
+            "STORE_CLIENT_FILENAMES: keep the client's file name (sanitised) with each upload. "
+            "Off by default: file names are often a patient's name (see README: privacy)."
+        ),
+    )
+    max_concurrent_uploads: int = Field(
+        default=4,
+        description=(
+            "MAX_CONCURRENT_UPLOADS: uploads read, checked and de-identified at once in the API; "
+            "more wait. The API's memory is about this many times one request's (README)."
+        ),
+    )
+    max_form_files: int = Field(
+        default=1, description="MAX_FORM_FILES: most file parts in one multipart upload."
+    )
+    max_form_fields: int = Field(
+        default=4, description="MAX_FORM_FIELDS: most non-file parts in one multipart upload."
+    )
+
     @field_validator("rate_limit")
     @classmethod
     def _rate_limit_parses(cls, v: str | None) -> str | None:

@@ -10,6 +10,10 @@ listed here, each name re-exported from the stage that owns it:
 * decoding (:mod:`study.data.preprocess`): :func:`decode`, :func:`sniff_format`,
   :func:`header_size` (declared size, read before decoding), :class:`Decoded`,
   :class:`ImageDecodeError` and :data:`MAX_PIXELS`, the project's one pixel limit.
+* DICOM before decoding (:mod:`study.data.dicom`): :func:`dicom_header` (declared
+  sizes and header fields, checked) and :func:`deidentify_dicom` (the allow-list
+  copy that is stored instead of the upload); for JPEG/PNG
+  :func:`strip_metadata` (:mod:`study.data.metadata`).
 * preprocessing steps, for the input gate's features: :func:`to_grayscale`,
   :func:`window`, :func:`normalise`, :func:`resize`, :class:`PreprocessConfig`.
 * pictures: :func:`grey_preview` (:mod:`study.data.preview`, the one grey
@@ -25,6 +29,8 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from study.data.dicom import deidentify_dicom, dicom_header
+from study.data.metadata import strip_metadata
 from study.data.preprocess import (
     MAX_PIXELS,
     Decoded,
@@ -54,6 +60,8 @@ __all__ = [
     "PreprocessConfig",
     "Winner",
     "decode",
+    "deidentify_dicom",
+    "dicom_header",
     "gradcam",
     "grey_preview",
     "header_size",
@@ -65,6 +73,7 @@ __all__ = [
     "resize",
     "scan",
     "sniff_format",
+    "strip_metadata",
     "to_grayscale",
     "window",
 ]

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+import threading
+from typing import Annotated, Any
 
 from fastapi import APIRouter, File, Request, UploadFile
 from fastapi.responses import JSONResponse, Response
@@ -15,13 +16,20 @@ from service.gate import format_check
 from service.models import JobStatus, Prediction
 from service.queue import BrokerUnavailable
 from service.schemas import Accepted, PredictionOut, prediction_out, status_url
+from service.settings import Settings
 from service.storage import StorageKeyError
-from study.serving import sniff_format
+from study.serving import ImageDecodeError
 
 router = APIRouter(prefix="/v1/predictions", tags=["predictions"])
 CHUNK = 1 << 20
+_SLOTS_LOCK = threading.Lock()
 # Gate codes that the request path may answer with, and their HTTP status.
-FORMAT_STATUS = {"too_large": 413, "not_an_image": 415, "unsupported_format": 415}
+FORMAT_STATUS = {
+    "too_large": 413,
+    "not_an_image": 415,
+    "unsupported_format": 415,
+    "burned_in_annotation": 422,
+}
 
 
 def read_limited(file: UploadFile, limit: int) -> bytes:
@@ -36,6 +44,33 @@ def read_limited(file: UploadFile, limit: int) -> bytes:
             raise ApiError(413, "too_large", f"file is over the {limit} byte limit")
 
 
+def _intake_slots(request: Request, n: int) -> threading.BoundedSemaphore:
+    """One semaphore per app: at most n uploads are held in memory and de-identified at
+    once, so the API's memory is bounded by n x one request's (README: limits)."""
+    state = request.app.state
+    with _SLOTS_LOCK:
+        if not hasattr(state, "intake_slots"):
+            state.intake_slots = threading.BoundedSemaphore(n)
+    return state.intake_slots
+
+
+def _checked_and_deidentified(file: UploadFile, s: Settings, metrics: Any) -> tuple[bytes, str]:
+    """The bytes to store and their format, from header checks only; ApiError otherwise."""
+    data = read_limited(file, s.max_upload_bytes)
+    check = format_check(data, s)
+    if not check.accepted:
+        metrics.uploads.labels(check.code or "refused").inc()
+        status = FORMAT_STATUS.get(check.code or "", 422)
+        raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
+    fmt = str(check.meta.get("format", "unknown"))
+    try:
+        return intake.stored_bytes(data, fmt, s.max_pixels), fmt
+    except ImageDecodeError as exc:
+        metrics.uploads.labels("not_an_image").inc()
+        why = f"the {fmt.upper()} file cannot be stored without its identifiers: {exc}"
+        raise ApiError(415, "not_an_image", why) from exc
+
+
 def _load(ctx: Ctx, prediction_id: str) -> Prediction:
     return get_or_404(ctx, Prediction, prediction_id, "prediction")
 
@@ -44,16 +79,14 @@ def _load(ctx: Ctx, prediction_id: str) -> Prediction:
 def create_prediction(
     ctx: Ctx, request: Request, file: Annotated[UploadFile, File()]
 ) -> JSONResponse:
-    """Cheap checks only (size, format by magic bytes); the gate and the model run in a worker."""
+    """Header checks only (size, magic bytes, declared sizes, DICOM header fields), then
+    de-identification; decoding, the gate and the model run in a worker."""
     metrics = request.app.state.metrics
-    data = read_limited(file, ctx.settings.max_upload_bytes)
-    check = format_check(data, ctx.settings)
-    if not check.accepted:
-        metrics.uploads.labels(check.code or "refused").inc()
-        status = FORMAT_STATUS.get(check.code or "", 422)
-        raise ApiError(status, check.code or "invalid_image", check.message or "unreadable file")
-    fmt = sniff_format(data) or "unknown"
-    upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, data, file.filename, fmt)
+    s = ctx.settings
+    with _intake_slots(request, s.max_concurrent_uploads):
+        stored, fmt = _checked_and_deidentified(file, s, metrics)
+    name = intake.display_name(file.filename, s.store_client_filenames)
+    upload_id, pred_id = intake.create_job(ctx.db, ctx.storage, stored, name, fmt)
     try:
         ctx.publisher.send(pred_id)
     except BrokerUnavailable as exc:

@@ -39,7 +39,9 @@ def ui_stack(tiny_winner: Path, artifacts_dir: Path) -> Iterator[Stack]:
     """This module's own service, so the review queue holds only what these tests uploaded."""
     logs = artifacts_dir / "service-logs" / "ui"
     shutil.rmtree(logs, ignore_errors=True)
-    with running_stack("pneumoscope-ui-", {"MODEL_PATH": str(tiny_winner)}, logs) as stack:
+    # File names are shown to reviewers only when kept (off by default: README, privacy).
+    env = {"MODEL_PATH": str(tiny_winner), "STORE_CLIENT_FILENAMES": "true"}
+    with running_stack("pneumoscope-ui-", env, logs) as stack:
         yield stack
 
 
@@ -296,8 +298,10 @@ def test_review_labels_by_key_and_click_and_feeds_export(
         )  # fmt: skip
         == 0
     )
-    for label, data in files.items():
-        sha = hashlib.sha256(data).hexdigest()
+    from study.serving import sniff_format, strip_metadata
+
+    for label, data in files.items():  # named by the stored (metadata-free) bytes' hash
+        sha = hashlib.sha256(strip_metadata(data, sniff_format(data) or "")).hexdigest()
         assert (out / "train" / label / f"{sha}.png").is_file(), sorted(out.rglob("*"))
     for log in ui_stack.log_dir.glob("*.log"):
         assert API_KEY not in log.read_text(errors="replace"), f"API key in {log.name}"
