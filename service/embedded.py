@@ -24,6 +24,18 @@ BACKOFF_MAX = 30.0  # seconds between restarts of a worker that keeps dying at s
 HEALTHY_AFTER = 60.0  # a worker that lived this long resets the back-off
 
 
+def terminate(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
+    """SIGTERM a child process (by PID only), SIGKILL it after ``timeout`` seconds."""
+    if proc is None or proc.poll() is not None:
+        return
+    proc.send_signal(signal.SIGTERM)
+    try:
+        proc.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
 def beat_name(pid: int) -> str:
     """The heartbeat row name of worker process ``pid`` (see service.sweeper.worker_name)."""
     return f"{socket.gethostname()}:{pid}"
@@ -99,11 +111,4 @@ class WorkerSupervisor(threading.Thread):
             self.join(timeout=5)
         with self.lock:
             proc = self.proc
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        terminate(proc, timeout)

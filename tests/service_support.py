@@ -154,15 +154,10 @@ def wait_for(pred: Callable[[], Any], timeout: float, what: str, interval: float
 
 
 def stop_process(proc: subprocess.Popen | None, timeout: float = 20.0) -> None:
-    """SIGTERM, then SIGKILL, by PID only."""
-    if proc is None or proc.poll() is not None:
-        return
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        proc.wait(timeout=10)
+    """SIGTERM, then SIGKILL, by PID only (the embedded supervisor's own way)."""
+    from service.embedded import terminate
+
+    terminate(proc, timeout)
 
 
 class Redis:

@@ -200,3 +200,16 @@ def test_study_table_scores_every_candidate(
     official = doc["winner"][1]
     assert official["set"] == "official val originals" and official["n"] == 16
     assert "load average" in (tmp_path / "study_table.md").read_text()
+
+
+def test_each_family_gets_an_equal_share_of_the_time_left() -> None:
+    import time
+
+    from study.search.runner import family_deadline
+
+    now = time.monotonic()
+    assert family_deadline(None, 3) is None
+    share = family_deadline(now + 90.0, 3) - now
+    assert 29.0 < share < 31.0  # a third of the time left, not all of it
+    assert abs(family_deadline(now + 90.0, 1) - (now + 90.0)) < 1.0  # the last takes the rest
+    assert family_deadline(now - 5.0, 2) <= time.monotonic() + 0.1  # past: no time at all

@@ -101,6 +101,7 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
     shares, finished = _announce_budget(cfg, list(runnable), skipped)
     progress = StudyProgress.resume(sum(shares.values()), finished, cfg.objective)
     deadline: float | None = None  # set when the first search starts
+    timed_out = False  # a family stopped at its share of the time budget
     inputs = InputSource(data, cfg.batch_size, cfg.seed)
     steps = cfg.steps_per_epoch or steps_per_epoch(len(data.train.labels), cfg.batch_size)
     for i, (fam, hypermodel) in enumerate(runnable.items()):
@@ -123,16 +124,27 @@ def search_families(cfg: StudyConfig, data: StudyData, role: str) -> SearchOutco
         )
         tuner = make_tuner(cfg.tuner, hypermodel, ctx, cfg.max_epochs, cfg.seed)
         if cfg.time_budget and deadline is None:
-            deadline = ctx.deadline = time.monotonic() + cfg.time_budget * 60
+            deadline = time.monotonic() + cfg.time_budget * 60
+        ctx.deadline = family_deadline(deadline, len(runnable) - i)
         failure = _search_one(tuner, steps, cfg)
+        timed_out = timed_out or ctx.past_deadline()
         if failure:
             skipped[fam] = failure
             print(f"family {fam}: FAILED - {failure}", file=sys.stderr, flush=True)
         tf.keras.backend.clear_session()
     done = len(load_trials(cfg.study_dir))
-    timed_out = deadline is not None and time.monotonic() > deadline
+    timed_out = timed_out or (deadline is not None and time.monotonic() > deadline)
     stopped = stop_reason(cfg, done, sum(shares.values()), timed_out)
     return SearchOutcome(skipped, used, stopped, done)
+
+
+def family_deadline(deadline: float | None, families_left: int) -> float | None:
+    """This family's equal share of the time left, so a slow first family cannot use up
+    the whole time budget (the trial budget is shared the same way)."""
+    if deadline is None:
+        return None
+    now = time.monotonic()
+    return now + max(0.0, deadline - now) / max(1, families_left)
 
 
 def _announce_budget(
