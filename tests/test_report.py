@@ -62,7 +62,7 @@ def test_report_has_every_section(tiny_study: Path) -> None:
     splits = json.loads((tiny_study / "splits.json").read_text())
     if splits["test_source"] == "carved from train":
         assert "<b>The test split was carved from the training folder" in text
-    assert "never to select a model or a threshold" in text
+    assert "never to select a model, a threshold, a temperature or a refer band" in text
     # Every error of the winner is in the gallery (a tiny test split is far below the cap).
     conf = json.loads((tiny_study / "winner.json").read_text())["test"]["confusion"]
     assert f"pneumonia called normal ({conf['fn']})" in text
@@ -256,7 +256,10 @@ def test_leaderboard_ranks_by_the_winners_objective(tiny_study: Path, tmp_path: 
     spread = {r["family"]: r for r in ctx["compare"]["spread"]}
     assert spread[winner["family"]]["best"] == pytest.approx(0.85)
     page = render(ctx)
-    assert "Ranked by the study's objective, <b>exact validation ROC-AUC</b>" in page
+    assert (
+        "Ranked by the study's objective, <b>val_auc</b> (exact ROC-AUC on clean validation)"
+        in page
+    )
     table = page[page.index('id="leaderboard-table"') :]
     first = re.search(r'<tbody>\s*<tr>.*?<a href="#curve-[^"]*">([^<]+)</a>', table, re.S)
     assert first and first.group(1) == f"{winner['family']}-twin"

@@ -148,7 +148,7 @@ def _saved_study(tmp_path: Path, data_dir: Path) -> Any:
         (lambda c, t: replace(c, data_dir=t), "data_dir: "),
         (lambda c, t: replace(c, patience=3), "patience: 2 -> 3"),
         (lambda c, t: replace(c, min_sensitivity=0.9), "min_sensitivity: 0.95 -> 0.9"),
-        (lambda c, t: replace(c, augment=replace(c.augment, rotation_deg=0.0)), "augment: "),
+        (lambda c, t: replace(c, augment_modes=("domain",)), "augment_modes: "),
         (lambda c, t: replace(c, batch_size=8), "batch_size: 32 -> 8"),
         (lambda c, t: replace(c, extra_data=(t,)), "extra_data: [] -> "),
     ],
