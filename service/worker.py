@@ -17,6 +17,7 @@ from service.queue import QUEUE, Publisher, create_celery
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.sweeper import Sweeper, worker_name
+from study.serving import GateUnavailableError
 
 log = logging.getLogger("service.worker")
 
@@ -30,7 +31,8 @@ def _fast_sqlite_polling(settings: Settings) -> None:
 
 
 def warm_up_gate(settings: Settings) -> None:
-    """Run the gate once on a synthetic image: loads (or fits) its model before the first job."""
+    """Run the gate once on a synthetic image: loads its fitted model (and the backbone)
+    before the first job. Never fits: no fitted gate raises GateUnavailableError."""
     import cv2
     import numpy as np
 
@@ -60,7 +62,11 @@ def build_state(settings: Settings) -> tasks.WorkerState:
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _fast_sqlite_polling(settings)
-    state = build_state(settings)
+    try:
+        state = build_state(settings)
+    except GateUnavailableError as exc:  # readiness: this worker never starts without a gate
+        log.error("worker not started: %s", exc)
+        raise SystemExit(2) from None
     log.info("model %s (%s) loaded and warmed up", state.runtime.name, state.runtime.version)
     tasks.set_state(state)
     from service import jobs

@@ -20,6 +20,18 @@ def looks_like_raw_dicom(data: bytes) -> bool:
     return len(data) > 8 and data[:2] == b"\x08\x00" and data[3:4] == b"\x00"
 
 
+def dicom_header(data: bytes) -> dict[str, str]:
+    """The safe header fields, read without touching the pixel data (the gate refuses CT, MR,
+    ultrasound... on these alone). Empty when the header cannot be parsed."""
+    import pydicom
+
+    try:
+        ds = pydicom.dcmread(io.BytesIO(data), force=True, stop_before_pixels=True)
+        return {k: str(getattr(ds, k, "") or "") for k in SAFE_FIELDS}
+    except Exception:  # a damaged header: decoding will say why
+        return {}
+
+
 def decode_dicom(data: bytes, max_pixels: int) -> tuple[np.ndarray, dict[str, Any]]:
     """Pixels with modality LUT and VOI LUT/windowing applied, MONOCHROME1 inverted."""
     import pydicom
