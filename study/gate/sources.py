@@ -9,8 +9,9 @@ Kinds (the classes of the discriminative score):
   refusal reason of its own, "rotated, please upload it upright".
 * ``other_medical``: pydicom-data's MR, CT, ultrasound, nuclear medicine, segmentation
   and lower-leg X-ray images (MIT), plus random crops and flips of them.
-* ``not_xray``: scikit-image's bundled photos, text and scientific images (BSD-3) and
-  pydicom-data's secondary-capture photos and colour test patterns, in colour and grey.
+* ``not_xray``: scikit-image's bundled photos, text and scientific images (BSD-3),
+  pydicom-data's secondary-capture photos and colour test patterns, in colour and grey,
+  and synthetic documents/screenshots (random text, boxes and bars).
 
 Every non-Kermany source is split by a hash of its image group (one image stored in
 several encodings is one group), so no calibration image was fitted in any encoding.
@@ -57,6 +58,8 @@ SKIMAGE_NAMES = SKIMAGE_DEV_OVERLAP + (
     "text",
 )
 PYDICOM_OTHER_MEDICAL = {"MR", "CT", "US", "NM", "SEG"}
+GREY_SHARE = 0.7  # colour pictures' variants made grey: grey photos must read as photos
+AUG_VERSION = 2  # in the keys of augmented items: bump when an augmentation changes
 MIN_SIDE = 64  # smaller test files (3x3, 10x10 dose grids) are not pictures
 
 
@@ -121,7 +124,7 @@ def negative_variant(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     if rng.random() < 0.5:
         out = out[:, ::-1]
     out = np.rot90(out, int(rng.integers(0, 4)))
-    if out.ndim == 3 and rng.random() < 0.5:
+    if out.ndim == 3 and rng.random() < GREY_SHARE:
         out = to_grayscale(np.ascontiguousarray(out))
     return np.ascontiguousarray(out)
 
@@ -164,13 +167,14 @@ def kermany_items(data_dir: Path, n_fit: int, n_calib: int, seed: int) -> list[I
             )
         for i, p in enumerate(turned):
             s = seed * 1_000_003 + i
+            load = _derived(lambda p=p: _read(p), lambda x, r: x, 0)
             items.append(
                 Item(
                     "kermany_rotated",
                     "rotated_chest",
                     part,
                     f"{p}#rot{s}",
-                    _derived(lambda p=p: _read(p), rotated, s),
+                    _derived(load, rotated, s),
                 )
             )
     return items
@@ -240,7 +244,7 @@ def _variants(
             source,
             kind,
             part,
-            f"{key}#var{seed}.{i}",
+            f"{key}#var{AUG_VERSION}.{seed}.{i}",
             _derived(load, negative_variant, seed * 7919 + i),
         )
         for i in range(n)
@@ -274,12 +278,95 @@ def skimage_items(n_variants: int, seed: int) -> list[Item]:
     return items
 
 
+_FONTS = (cv2.FONT_HERSHEY_SIMPLEX, cv2.FONT_HERSHEY_PLAIN, cv2.FONT_HERSHEY_DUPLEX)
+_FONTS += (cv2.FONT_HERSHEY_COMPLEX, cv2.FONT_HERSHEY_TRIPLEX)
+
+
+def synthetic_document(rng: np.random.Generator) -> np.ndarray:
+    """A page or screenshot: lines of random text, boxes and bars on a light or dark
+    background, sometimes in colour (no licensed corpus of documents is installed)."""
+    h, w = int(rng.integers(300, 900)), int(rng.integers(300, 900))
+    dark = rng.random() < 0.3
+    bg = rng.integers(0, 60, 3) if dark else rng.integers(190, 256, 3)
+    img = np.empty((h, w, 3), np.uint8)
+    img[:] = bg
+    ink = (
+        (lambda: tuple(int(v) for v in rng.integers(0, 256, 3)))
+        if rng.random() < 0.5
+        else (lambda: (230, 230, 230) if dark else (20, 20, 20))
+    )
+    for _ in range(int(rng.integers(0, 4))):  # panels, buttons, chart bars
+        x, y = int(rng.integers(0, w - 40)), int(rng.integers(0, h - 40))
+        cv2.rectangle(
+            img,
+            (x, y),
+            (x + int(rng.integers(20, w // 2)), y + int(rng.integers(10, h // 3))),
+            ink(),
+            int(rng.choice([-1, 1, 2])),
+        )
+    y, size = int(rng.integers(10, 40)), float(rng.uniform(0.4, 1.2))
+    letters = np.array(list("abcdefghijklmnopqrstuvwxyz0123456789     ,.:%"))
+    font = int(rng.choice(_FONTS))
+    while y < h - 10:
+        text = "".join(rng.choice(letters, int(rng.integers(10, 80))))
+        cv2.putText(img, text, (int(rng.integers(5, 60)), y), font, size, ink(), 1, cv2.LINE_AA)
+        y += int(rng.integers(14, 40) * size) + 8
+    return img
+
+
+def document_items(n: int, seed: int) -> list[Item]:
+    """Synthetic documents and screenshots (kind not_xray), split by hash of their index."""
+    items = []
+    for i in range(n):
+        part = "calib" if in_calibration(f"document{i}") else "fit"
+        load = _derived(lambda: np.zeros(1), lambda _, r: synthetic_document(r), seed * 104729 + i)
+        items.append(Item("synthetic_document", "not_xray", part, f"document:{seed}.{i}", load))
+    return items
+
+
+def _package_file(package: str, *parts: str) -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise FileNotFoundError(f"{package} is not installed")
+    return Path(spec.origin).parent.joinpath(*parts)
+
+
+# Photos bundled with installed libraries: (package, path inside it).
+PACKAGE_PHOTOS = (
+    ("sklearn", "datasets", "images", "china.jpg"),
+    ("sklearn", "datasets", "images", "flower.jpg"),
+    ("matplotlib", "mpl-data", "sample_data", "grace_hopper.jpg"),
+    ("matplotlib", "mpl-data", "sample_data", "Minduka_Present_Blue_Pack.png"),
+)
+
+
+def package_photo_items(n_variants: int, seed: int) -> list[Item]:
+    """The photos scikit-learn and Matplotlib ship (BSD-3 / Matplotlib licence), with crops
+    and grey copies: more everyday pictures than scikit-image alone has."""
+    items: list[Item] = []
+    for package, *parts in PACKAGE_PHOTOS:
+        path = _package_file(package, *parts)
+        if not path.is_file():
+            continue
+        part = "calib" if in_calibration(path.name) else "fit"
+        load = _derived(lambda p=path: _read(str(p)), lambda x, r: x, 0)
+        items.append(Item("package_photos", "not_xray", part, f"photo:{path.name}", load))
+        items += _variants(
+            "package_photos", "not_xray", part, f"photo:{path.name}", load, n_variants, seed
+        )
+    return items
+
+
 def all_items(data_dir: Path, n_fit: int, n_calib: int, n_variants: int, seed: int) -> list[Item]:
     """Every source; see the module doc."""
     return (
         kermany_items(data_dir, n_fit, n_calib, seed)
         + pydicom_items(n_variants, seed)
         + skimage_items(3 * n_variants, seed)  # few pictures: more crops of each
+        + package_photo_items(3 * n_variants, seed)
+        + document_items(10 * n_variants, seed)
     )
 
 
