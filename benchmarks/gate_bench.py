@@ -2,7 +2,8 @@
 
 Three timings of the worker's own steps, in one process, on the same image:
 
-* model only: what a job costs without a gate (decode, preprocess, predict, Grad-CAM);
+* model only: what a job costs without a gate (decode, preprocess, predict, Grad-CAM
+  drawn over the decoded image, as the worker does);
 * gate: the four layers (decode, hand-made features, the EfficientNet-Lite0 features);
 * gate + model: a job as the worker runs it (the model reuses the gate's decoded pixels).
 
@@ -56,14 +57,18 @@ def stand_in_winner(study_dir: Path) -> Path:
     return export_winner(keras.Model(inp, out), info, study_dir)
 
 
-def timings(fn: Callable[[], Any], repeats: int, warm: int = 3) -> list[float]:
+def interleaved(fns: list[Callable[[], Any]], repeats: int, warm: int = 3) -> list[list[float]]:
+    """Time each function ``repeats`` times, taking turns (a shared machine's load then
+    drifts over all of them alike)."""
     for _ in range(warm):
-        fn()
-    out = []
+        for fn in fns:
+            fn()
+    out: list[list[float]] = [[] for _ in fns]
     for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        out.append((time.perf_counter() - t0) * 1000.0)
+        for k, fn in enumerate(fns):
+            t0 = time.perf_counter()
+            fn()
+            out[k].append((time.perf_counter() - t0) * 1000.0)
     return out
 
 
@@ -82,6 +87,7 @@ def measure(model: Path, gate_dir: Path, data: bytes, repeats: int) -> list[dict
     from service.gate import default_model, run_gate
     from service.inference import ModelRuntime
     from service.settings import Settings
+    from study.data.preprocess import decode
 
     settings = Settings(gate_dir=gate_dir)
     gate = default_model(settings)
@@ -91,15 +97,13 @@ def measure(model: Path, gate_dir: Path, data: bytes, repeats: int) -> list[dict
         r = run_gate(data, settings, gate)
         runtime.run(data, r.decoded.pixels if r.decoded is not None else None)
 
-    rows = [
-        row(
-            "model only (decode, predict, Grad-CAM)",
-            timings(lambda: runtime.run(data, None), repeats),
-        ),
-        row("gate (4 layers)", timings(lambda: run_gate(data, settings, gate), repeats)),
-        row("gate + model (a worker's job)", timings(job, repeats)),
-    ]
-    return rows
+    steps = {
+        "model only (decode, predict, Grad-CAM)": lambda: runtime.run(data, decode(data).pixels),
+        "gate (4 layers)": lambda: run_gate(data, settings, gate),
+        "gate + model (a worker's job)": job,
+    }
+    ms = interleaved(list(steps.values()), repeats)
+    return [row(name, t) for name, t in zip(steps, ms, strict=True)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -125,17 +129,19 @@ def main(argv: list[str] | None = None) -> int:
     from study.data.preprocess import decode
 
     h, w = decode(data).pixels.shape[:2]
-    base, both = rows[0]["p50_ms"], rows[2]["p50_ms"]
+    base, gate, both = rows[0]["p50_ms"], rows[1]["p50_ms"], rows[2]["p50_ms"]
     extra = {
         "image": {"name": image.name, "width": w, "height": h, "bytes": len(data)},
         "model": label,
         "gate_overhead_p50": round(both / base - 1, 3),
+        "gate_over_model_p50": round(gate / base, 3),
     }
     summary = [
         {
             "image": f"{image.name} ({w}x{h})",
             "model": extra["model"],
-            "gate overhead per job (p50)": f"{extra['gate_overhead_p50']:+.0%}",
+            "job with gate vs without (p50)": f"{extra['gate_overhead_p50']:+.0%}",
+            "gate alone / model alone (p50)": f"{extra['gate_over_model_p50']:.0%}",
         }
     ]
     write("gate_latency", rows, extra, load_start=load_start, more_tables=[summary])

@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import shutil
 import sys
+import tempfile
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from study.data.preprocess import ImageDecodeError
-from study.gate.embed import embedder
+from study.gate.embed import BACKBONE_FILE, convert_backbone, embedder
 from study.gate.model import (
     GATE_DIR_NAME,
     RULES,
@@ -89,7 +91,7 @@ class Features:
 # ----------------------------------------------------------------------------- features
 
 
-def _compute(items: list[Item], weights: Path) -> tuple[list[Item], np.ndarray, np.ndarray]:
+def _compute(items: list[Item], backbone: Path) -> tuple[list[Item], np.ndarray, np.ndarray]:
     ok, vals, works = [], [], []
     for it in items:
         px = safe_load(it)
@@ -102,12 +104,13 @@ def _compute(items: list[Item], weights: Path) -> tuple[list[Item], np.ndarray, 
         ok.append(it)
         vals.append([f.values[k] for k in FEATURES])
         works.append(f.work)
-    emb = embedder(weights)(np.stack(works)) if works else np.zeros((0, 0), np.float32)
+    emb = embedder(backbone)(np.stack(works)) if works else np.zeros((0, 0), np.float32)
     return ok, np.array(vals, np.float64).reshape(len(ok), len(FEATURES)), emb
 
 
-def featurise(items: list[Item], weights: Path, cache_dir: Path | None) -> Features:
-    """Features of every item, cached per (source, part) chunk under ``cache_dir/gate``."""
+def featurise(items: list[Item], weights: Path, backbone: Path, cache_dir: Path | None) -> Features:
+    """Features of every item (``backbone``: the TFLite conversion of ``weights``), cached
+    per (source, part) chunk under ``cache_dir/gate``."""
     from study.models.offline_weights import sha256_file
 
     wsha = sha256_file(weights)
@@ -128,7 +131,7 @@ def featurise(items: list[Item], weights: Path, cache_dir: Path | None) -> Featu
                 kept = set(z["keys"].tolist())
                 ok, v, e = [i for i in chunk if i.key in kept], z["values"], z["emb"]
         else:
-            ok, v, e = _compute(chunk, weights)
+            ok, v, e = _compute(chunk, backbone)
             if cache_dir is not None:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 np.savez(path, keys=np.array([i.key for i in ok]), values=v, emb=e)
@@ -283,10 +286,12 @@ def fit_gate(
     cfg = cfg or GateFitConfig()
     t0 = time.time()
     weights = fetch_offline(weights_dir)
+    work = Path(tempfile.mkdtemp(prefix="gate-fit-"))
+    backbone = convert_backbone(weights, work / BACKBONE_FILE)
     items = all_items(
         Path(data_dir or DEFAULT_DATA_DIR), cfg.n_fit, cfg.n_calib, cfg.n_variants, cfg.seed
     )
-    feats = featurise(items, weights, cache_dir)
+    feats = featurise(items, weights, backbone, cache_dir)
     parts = feats.column("part")
     fit, calib = feats.select(parts == "fit"), feats.select(parts == "calib")
     kermany = fit.select(fit.column("source") == "kermany")
@@ -308,7 +313,8 @@ def fit_gate(
         "fit_seconds": round(time.time() - t0, 1),
         "fitted_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     }
-    save_gate(model, Path(out_dir), weights)
+    save_gate(model, Path(out_dir), backbone)
+    shutil.rmtree(work, ignore_errors=True)
     return model
 
 

@@ -5,7 +5,7 @@ A fitted gate is a folder (``results/<study>/gate/``)::
     gate.json               thresholds (each with how it was derived), version, provenance,
                             the calibration report
     gate.npz                the detector's arrays (feature scaler, chest density, classifier)
-    backbone.weights.h5     the ImageNet EfficientNet-Lite0 weights it was fitted with
+    backbone.tflite         the ImageNet EfficientNet-Lite0 backbone it was fitted with
 
 The chest detector works on the backbone's 1280-d features, standardised:
 
@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from study.gate.embed import BACKBONE_FILE, EMBED_SIZE, embedder, embedding_dim
+from study.gate.embed import BACKBONE_FILE, EMBED_SIZE, RUNTIME, embedder, embedding_dim
 from study.gate.scalar import FEATURES, WORK_SIZE, GateFeatures, compute_features
 from study.gate.sources import KINDS
 
@@ -112,7 +112,7 @@ class GateModel:
 
     def embed(self, works: np.ndarray) -> np.ndarray:
         if self.directory is None:
-            raise GateUnavailableError("this gate has no backbone weights on disk")
+            raise GateUnavailableError("this gate has no backbone on disk")
         return embedder(self.directory / BACKBONE_FILE)(works)
 
     def assess(self, feats: GateFeatures, emb: np.ndarray | None = None) -> dict[str, dict]:
@@ -165,6 +165,7 @@ def signature() -> dict[str, Any]:
             "backbone": "efficientnet_lite0_imagenet",
             "size": EMBED_SIZE,
             "dim": embedding_dim(),
+            "runtime": RUNTIME,
         },
         "kinds": list(KINDS),
     }
