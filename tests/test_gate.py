@@ -420,3 +420,16 @@ def test_worker_without_a_fitted_gate_does_not_start(tmp_path: Path) -> None:
     assert out.returncode == 2, out.stderr[-2000:]
     assert "run_study.py gate fit" in out.stderr and "worker not started" in out.stderr
     assert not (winner.parent / "gate").exists()
+
+
+def test_gate_fit_command_needs_a_study_folder(tmp_path: Path) -> None:
+    out = subprocess.run(
+        [sys.executable, "run_study.py", "gate", "fit", "--study", str(tmp_path / "none")],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=False,
+    )
+    assert out.returncode == 2 and "no study folder" in out.stderr
+    assert "Traceback" not in out.stderr
