@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 from service import tasks
 from service.db import Database
@@ -17,7 +18,7 @@ from service.queue import QUEUE, Publisher, create_celery
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.sweeper import Sweeper, worker_name
-from study.serving import GateUnavailableError
+from study.serving import GATE_DIR_NAME, GateUnavailableError
 
 log = logging.getLogger("service.worker")
 
@@ -48,6 +49,8 @@ def build_state(settings: Settings) -> tasks.WorkerState:
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     runtime = ModelRuntime.from_settings(settings)
     runtime.warm_up()
+    if settings.gate_dir is None:  # the gate of the winner this worker loaded, for good
+        settings.gate_dir = Path(runtime.winner.path).parent / GATE_DIR_NAME
     warm_up_gate(settings)
     app = create_celery(settings)
     return tasks.WorkerState(
