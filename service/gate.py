@@ -5,21 +5,25 @@
    (Settings.max_upload_bytes / max_pixels) checked from the headers before any
    pixel is decoded (:func:`format_check`, the API's only check), then the one
    frame used is decoded through the study's decode (:func:`decode_check`, worker).
-2. X-ray    ``not_xray``: colour, white background, edge density
-   and fine detail against thresholds learned from the training X-rays.
-3. chest    ``not_chest_xray``: DICOM Modality/BodyPartExamined when present, then
-   a one-class "eigen-lung" PCA detector calibrated on validation X-rays.
+   A DICOM whose header says CT, MR, US, NM, PT, XA... (or a body part other than
+   the chest) is refused as ``not_chest_xray`` from its header, before its pixels are read.
+2. X-ray    ``not_xray``: colour, white background, edge density, fine detail, and
+   the learned photo/document probability.
+3. chest    ``not_chest_xray``: the learned chest detector on ImageNet
+   EfficientNet-Lite0 features (Mahalanobis distance and/or classifier probability,
+   as chosen on calibration data); a film that looks like a rotated chest X-ray is
+   told to upload it upright.
 4. quality  ``low_quality``: resolution, blur, clipping and contrast.
 
 Every check is computed and reported with its threshold; the code is that of
 the first layer that fails, and the message names the failing check in plain
-words. Fitted parameters live in a GateModel (service.gate_model), built from
-the data and never committed.
+words. The fitted gate (study.gate, via study.serving) lives in
+``results/<study>/gate`` beside the winner; it is fitted by
+``python run_study.py gate fit`` and only loaded here: no gate, no service.
 
 CLI::
 
-    python -m service.gate fit --data-dir DIR --out results/gate/gate.npz
-    python -m service.gate [--gate PATH] FILE...   # one JSON line per file
+    python -m service.gate [--gate DIR] FILE...   # one JSON line per file
 """
 
 from __future__ import annotations
@@ -28,7 +32,6 @@ import argparse
 import functools
 import json
 import logging
-import os
 import sys
 import threading
 from dataclasses import dataclass, field
@@ -38,23 +41,24 @@ from typing import Any
 
 import cv2
 
-from service.gate_features import FEATURES, GateFeatures, compute_features
-from service.gate_model import GateModel, StaleGateError, Threshold, fit_gate, load_gate
 from service.settings import Settings
 from study.serving import (
-    DEFAULT_DATA_DIR,
     Decoded,
+    GateModel,
+    GateUnavailableError,
     ImageDecodeError,
+    compute_features,
     decode,
     dicom_header,
+    failing_layer,
+    gate_check,
     header_size,
+    load_gate,
     sniff_format,
     to_grayscale,
 )
 
 log = logging.getLogger(__name__)
-REPO = Path(__file__).resolve().parents[1]
-DEFAULT_GATE_PATH = Path("results") / "gate" / "gate.npz"
 
 
 class Refusal(StrEnum):
@@ -88,7 +92,8 @@ MODALITY_NAMES = {
     "ES": "an endoscopy image",
 }
 CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORSO")
-SAFE_META = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+DICOM_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+SAFE_META = DICOM_FIELDS
 SAFE_META += ("transfer_syntax", "bit_depth")
 
 # Other image containers: recognised only to say "unsupported" instead of "not an image".
@@ -155,20 +160,7 @@ class GateResult:
         }
 
 
-def _check(value: Any, threshold: Any, kind: str, passed: bool, layer: str) -> dict[str, Any]:
-    return {
-        "value": _num(value),
-        "threshold": _num(threshold),
-        "kind": kind,
-        "passed": bool(passed),
-        "layer": layer,
-    }
-
-
-def _num(x: Any) -> Any:
-    if isinstance(x, float):
-        return round(x, 6)
-    return x
+_check = gate_check
 
 
 def _reject(code: Refusal, message: str, checks: dict, **kw: Any) -> GateResult:
@@ -210,9 +202,12 @@ def _declared_size(data: bytes, fmt: str, max_pixels: int, checks: dict) -> Gate
     )
 
 
-def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
+def format_check(
+    data: bytes, settings: Settings | None = None, dicom_header_first: bool = False
+) -> GateResult:
     """Layer 1 from headers only: magic bytes, byte limit, declared sizes and DICOM header
-    fields. Never decodes a pixel (the API runs it on every upload); never raises."""
+    fields. Never decodes a pixel (the API runs it on every upload); never raises. With
+    ``dicom_header_first`` a DICOM header that rules out a chest X-ray refuses the file."""
     s = settings or Settings()
     checks: dict[str, dict[str, Any]] = {}
     n, limit = len(data), s.max_upload_bytes
@@ -228,7 +223,10 @@ def format_check(data: bytes, settings: Settings | None = None) -> GateResult:
         return _unknown_format(data, checks)
     checks["format"] = _check(fmt, "jpeg|png|dicom", "in", True, "format")
     if fmt == "dicom":
-        return _dicom_header_check(data, s, checks)
+        header = _dicom_header_check(data, s, checks)
+        if header.accepted and dicom_header_first:
+            return _header_refusal(header.meta, checks) or header
+        return header
     refused = _declared_size(data, fmt, s.max_pixels, checks)
     if refused is not None:
         return refused
@@ -309,6 +307,8 @@ _XRAY_WORDS = {
     "(far more sharp edges than an X-ray has)",
     "fine_detail": "this looks like a photo or a screenshot, not an X-ray "
     "(much more fine detail than an X-ray has)",
+    "photo_or_document": "this looks like a photo, document or graphic, not an X-ray "
+    "(photo/document probability {v:.0%})",
 }
 _QUALITY_WORDS = {
     "min_side": "the image is too small ({v:.0f} px on its shortest side; need at least {t:.0f})",
@@ -316,6 +316,13 @@ _QUALITY_WORDS = {
     "clipped_white": "the image is over-exposed ({v:.0%} of the pixels are pure white)",
     "clipped_black": "the image is under-exposed ({v:.0%} of the pixels are pure black)",
     "contrast": "the image has too little contrast to read",
+}
+ROTATED = "rotated_chest"
+# The refusal code of each content layer (study.gate's failing_layer names the layer).
+LAYER_CODES = {
+    "xray": Refusal.NOT_XRAY,
+    "chest": Refusal.NOT_CHEST_XRAY,
+    "quality": Refusal.LOW_QUALITY,
 }
 
 
@@ -338,19 +345,44 @@ def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
     return msg
 
 
-def _content_checks(feats: GateFeatures, m: GateModel) -> dict[str, dict[str, Any]]:
-    """Every X-ray, chest and quality score against its fitted threshold."""
-    checks: dict[str, dict[str, Any]] = {}
-    for name, (layer, _, _) in FEATURES.items():
-        t: Threshold = m.thresholds[name]
-        v = feats.values[name]
-        checks[name] = _check(v, t.value, t.kind, t.passes(v), layer)
-    cs = m.chest_scores(feats.chest_vector)
-    t = m.thresholds["chest_score"]
-    checks["chest_score"] = _check(cs["score"], t.value, t.kind, t.passes(cs["score"]), "chest")
-    checks["chest_score"]["mahalanobis"] = _num(cs["mahalanobis"])
-    checks["chest_score"]["residual"] = _num(cs["residual"])
-    return checks
+def _header_refusal(meta: dict[str, Any], checks: dict) -> GateResult | None:
+    """A DICOM refused on its header fields alone (pixels never read), or None."""
+    header = {k: str(v) for k, v in meta.items() if k in DICOM_FIELDS}
+    msg = _dicom_checks(header, checks)
+    if msg is None:
+        return None
+    return _reject(Refusal.NOT_CHEST_XRAY, msg, checks, meta=dict(meta))
+
+
+def _chest_message(c: dict[str, Any]) -> str:
+    """Why the chest layer refused, from the detector's scores and its most likely kind."""
+    scores = ", ".join(f"{k} {v:.3g}" for k, v in c["scores"].items())
+    if c.get("top_class") == ROTATED:
+        return (
+            "this looks like a chest X-ray turned on its side or upside down: it is rotated, "
+            f"please upload it upright ({scores})"
+        )
+    return (
+        "this does not look like a frontal chest X-ray: it may be an X-ray of another body "
+        "part (hand, knee, elbow...), another kind of scan (CT, MRI, ultrasound), or not a "
+        f"medical image ({scores}; limit {c['threshold']:.3g})"
+    )
+
+
+def _refusal(layer: str | None, checks: dict[str, dict[str, Any]]) -> tuple[Refusal, str] | None:
+    """The code and plain-words message of the first failing layer."""
+    if layer is None:
+        return None
+    bad = [k for k, c in checks.items() if c["layer"] == layer and not c["passed"]]
+    if layer == "xray":
+        words = _XRAY_WORDS[bad[0]].format(v=checks[bad[0]]["value"])
+    elif layer == "chest":
+        words = _chest_message(checks[bad[0]])
+    else:
+        words = "; ".join(
+            _QUALITY_WORDS[b].format(v=checks[b]["value"], t=checks[b]["threshold"]) for b in bad
+        )
+    return LAYER_CODES[layer], words
 
 
 def gate_decoded(
@@ -358,48 +390,25 @@ def gate_decoded(
 ) -> GateResult:
     """Layers 2-4 on an already decoded image (the API can reuse format_check's decode)."""
     s = settings or Settings()
-    m = model or default_model()
+    m = model or default_model(s)
     checks: dict[str, dict[str, Any]] = {}
     meta = {k: decoded.meta[k] for k in SAFE_META if k in decoded.meta}
     meta |= {"format": decoded.format}
     meta |= {"width": int(decoded.pixels.shape[1]), "height": int(decoded.pixels.shape[0])}
-
+    kw = {"decoded": decoded, "meta": meta}
     dicom_msg = _dicom_checks(decoded.meta, checks) if decoded.format == "dicom" else None
+    if dicom_msg:
+        return _reject(Refusal.NOT_CHEST_XRAY, dicom_msg, checks, **kw)
     try:
         feats = compute_features(decoded.pixels)
     except (ValueError, TypeError, cv2.error, ImageDecodeError) as exc:  # odd pixel layouts
         why = f"the image's pixels could not be analysed ({type(exc).__name__})"
         checks["analysable"] = _check(False, True, "eq", False, "format")
-        return _reject(Refusal.UNSUPPORTED_FORMAT, why, checks, decoded=decoded, meta=meta)
-    checks |= _content_checks(feats, m)
-
-    def failing(layer: str) -> list[str]:
-        return [k for k, c in checks.items() if c["layer"] == layer and not c["passed"]]
-
-    kw = {"decoded": decoded, "meta": meta}
-    if dicom_msg:
-        return _reject(Refusal.NOT_CHEST_XRAY, dicom_msg, checks, **kw)
-    bad = failing("xray")
-    if bad:
-        words = _XRAY_WORDS[bad[0]].format(v=checks[bad[0]]["value"])
-        return _reject(Refusal.NOT_XRAY, words, checks, **kw)
-    if failing("chest"):
-        c = checks["chest_score"]
-        return _reject(
-            Refusal.NOT_CHEST_XRAY,
-            "this does not look like a frontal chest X-ray in the usual orientation: it may "
-            "be an X-ray of another body part (hand, knee, elbow...), another kind of scan "
-            "(CT, MRI), a rotated or inverted image, or not a medical image "
-            f"(chest-shape score {c['value']:.0f}, limit {c['threshold']:.0f})",
-            checks,
-            **kw,
-        )
-    bad = failing("quality") if s.gate_check_quality else []
-    if bad:
-        words = [
-            _QUALITY_WORDS[b].format(v=checks[b]["value"], t=checks[b]["threshold"]) for b in bad
-        ]
-        return _reject(Refusal.LOW_QUALITY, "; ".join(words), checks, **kw)
+        return _reject(Refusal.UNSUPPORTED_FORMAT, why, checks, **kw)
+    checks |= m.assess(feats)
+    refused = _refusal(failing_layer(checks, s.gate_check_quality), checks)
+    if refused:
+        return _reject(*refused, checks, **kw)
     return GateResult(True, None, "accepted: this looks like a usable chest X-ray", checks, **kw)
 
 
@@ -407,7 +416,7 @@ def run_gate(
     data: bytes, settings: Settings | None = None, model: GateModel | None = None
 ) -> GateResult:
     """All four layers on raw upload bytes. Never raises for bad input."""
-    fmt = format_check(data, settings)
+    fmt = format_check(data, settings, dicom_header_first=True)
     if fmt.accepted:
         fmt = decode_check(data, fmt, settings)
     if not fmt.accepted or fmt.decoded is None:
@@ -424,87 +433,63 @@ _MODEL_LOCK = threading.Lock()
 _MODELS: dict[str, GateModel] = {}
 
 
-def default_gate_path() -> Path:
-    """PNEUMOSCOPE_GATE_PATH, else results/gate/gate.npz under the repo."""
-    p = Path(os.environ.get("PNEUMOSCOPE_GATE_PATH", DEFAULT_GATE_PATH))
-    return p if p.is_absolute() else REPO / p
-
-
-def default_model(path: Path | None = None, fit_if_missing: bool = True) -> GateModel:
-    """Load (once) the gate model; fit it from PNEUMOSCOPE_DATA_DIR first if there is none
-    (or if the saved one was fitted by another version of the features)."""
-    p = Path(path) if path else default_gate_path()
+def default_model(settings: Settings | None = None, path: Path | None = None) -> GateModel:
+    """Load (once per process) the fitted gate: ``path``, else GATE_DIR, else the gate/
+    folder beside the winner. Never fits: a missing or stale gate raises
+    GateUnavailableError, whose message says how to fit one."""
+    d = path or (settings or Settings()).resolve_gate_dir()
+    if d is None:
+        raise GateUnavailableError(
+            "no fitted input gate: no winner found (MODEL_PATH/RESULTS_DIR) and GATE_DIR unset"
+        )
     with _MODEL_LOCK:
-        if str(p) not in _MODELS:
-            try:
-                _MODELS[str(p)] = load_gate(p)
-            except (FileNotFoundError, StaleGateError) as exc:
-                if not fit_if_missing:
-                    raise
-                d = DEFAULT_DATA_DIR
-                why = "stale" if isinstance(exc, StaleGateError) else "no"
-                log.warning("%s gate model at %s: fitting it from %s (about a minute)", why, p, d)
-                fit_gate(d, p, seed=0)
-                _MODELS[str(p)] = load_gate(p)
-        return _MODELS[str(p)]
+        if str(d) not in _MODELS:
+            _MODELS[str(d)] = load_gate(d)
+        return _MODELS[str(d)]
 
 
 # ----------------------------------------------------------------------------- CLI
 
 
-def _cli_fit(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="python -m service.gate fit", description=fit_gate.__doc__)
-    ap.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    ap.add_argument("--out", type=Path, default=default_gate_path())
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--max-train", type=int, default=1200)
-    ap.add_argument("--max-val", type=int, default=700)
-    ap.add_argument("--target-acceptance", type=float, default=0.99)
-    a = ap.parse_args(argv)
-    model = fit_gate(a.data_dir, a.out, a.seed, a.max_train, a.max_val, a.target_acceptance)
-    print(json.dumps({"out": str(a.out.with_suffix(".npz"))} | model.info))
-    return 0
+def _line(path: Path, r: GateResult | None, error: str | None = None) -> str:
+    if r is None:
+        body = {"accepted": False, "code": "unreadable", "message": error, "checks": {}}
+    else:
+        body = {"accepted": r.accepted, "code": r.code, "message": r.message, "checks": r.checks}
+    return json.dumps({"file": str(path)} | body)
 
 
-def _cli_check(argv: list[str]) -> int:
+def main(argv: list[str] | None = None) -> int:
+    """``python -m service.gate [--gate DIR] FILE...``: one JSON line per file."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="gate: %(message)s", stream=sys.stderr)
     ap = argparse.ArgumentParser(
         prog="python -m service.gate",
         description="Run the input gate on files; one JSON line per file. "
-        "'python -m service.gate fit ...' fits the gate model.",
+        "Fit the gate with 'python run_study.py gate fit --study results/<study>'.",
     )
-    ap.add_argument("--gate", type=Path, default=None, help="gate .npz (default: env/results)")
+    ap.add_argument(
+        "--gate",
+        type=Path,
+        default=None,
+        help="gate folder (default: GATE_DIR, else results/<study>/gate beside the winner)",
+    )
     ap.add_argument("files", nargs="+", type=Path)
     a = ap.parse_args(argv)
-    model = default_model(a.gate)
     settings = Settings()
+    try:
+        model = default_model(settings, a.gate)
+    except GateUnavailableError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     for f in a.files:
         try:
             data = f.read_bytes()
         except OSError as exc:
-            print(
-                json.dumps(
-                    {
-                        "file": str(f),
-                        "accepted": False,
-                        "code": "unreadable",
-                        "message": str(exc),
-                        "checks": {},
-                    }
-                )
-            )
+            print(_line(f, None, str(exc)), flush=True)
             continue
-        r = run_gate(data, settings, model)
-        line = {"file": str(f), "accepted": r.accepted, "code": r.code, "message": r.message}
-        print(json.dumps(line | {"checks": r.checks}), flush=True)
+        print(_line(f, run_gate(data, settings, model)), flush=True)
     return 0
-
-
-def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=logging.INFO, format="gate: %(message)s", stream=sys.stderr)
-    if argv and argv[0] == "fit":
-        return _cli_fit(argv[1:])
-    return _cli_check(argv)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from study.serving import MAX_PIXELS, newest_winner
+from study.serving import GATE_DIR_NAME, MAX_PIXELS, newest_winner
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -49,6 +49,13 @@ class Settings(BaseSettings):
     model_path: Path | None = Field(
         default=None,
         description="MODEL_PATH: a winner SavedModel dir; default the newest results/*/winner.",
+    )
+    gate_dir: Path | None = Field(
+        default=None,
+        description=(
+            "GATE_DIR: the fitted input gate folder; default the gate/ folder beside the "
+            "winner (results/<study>/gate, written by 'run_study.py gate fit')."
+        ),
     )
     results_dir: Path = Field(
         default=REPO / "results",
@@ -229,6 +236,13 @@ class Settings(BaseSettings):
         if self.model_path is not None:
             return self.model_path
         return newest_winner(self.results_dir)
+
+    def resolve_gate_dir(self) -> Path | None:
+        """GATE_DIR, else <study>/gate beside the winner (None when there is no winner)."""
+        if self.gate_dir is not None:
+            return self.gate_dir
+        model = self.resolve_model_path()
+        return None if model is None else Path(model).parent / GATE_DIR_NAME
 
     def ensure_dirs(self) -> None:
         """Create DATA_DIR and the storage dir (only the embedded defaults need them)."""

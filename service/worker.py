@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from pathlib import Path
 
 from service import tasks
 from service.db import Database
@@ -17,6 +18,7 @@ from service.queue import QUEUE, Publisher, create_celery
 from service.settings import Settings
 from service.storage import LocalStorage
 from service.sweeper import Sweeper, worker_name
+from study.serving import GATE_DIR_NAME, GateUnavailableError
 
 log = logging.getLogger("service.worker")
 
@@ -30,7 +32,8 @@ def _fast_sqlite_polling(settings: Settings) -> None:
 
 
 def warm_up_gate(settings: Settings) -> None:
-    """Run the gate once on a synthetic image: loads (or fits) its model before the first job."""
+    """Run the gate once on a synthetic image: loads its fitted model (and the backbone)
+    before the first job. Never fits: no fitted gate raises GateUnavailableError."""
     import cv2
     import numpy as np
 
@@ -46,6 +49,8 @@ def build_state(settings: Settings) -> tasks.WorkerState:
     settings.storage_root.mkdir(parents=True, exist_ok=True)
     runtime = ModelRuntime.from_settings(settings)
     runtime.warm_up()
+    if settings.gate_dir is None:  # the gate of the winner this worker loaded, for good
+        settings.gate_dir = Path(runtime.winner.path).parent / GATE_DIR_NAME
     warm_up_gate(settings)
     app = create_celery(settings)
     return tasks.WorkerState(
@@ -60,7 +65,11 @@ def build_state(settings: Settings) -> tasks.WorkerState:
 def run_worker(settings: Settings) -> None:
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(name)s %(message)s")
     _fast_sqlite_polling(settings)
-    state = build_state(settings)
+    try:
+        state = build_state(settings)
+    except GateUnavailableError as exc:  # readiness: this worker never starts without a gate
+        log.error("worker not started: %s", exc)
+        raise SystemExit(2) from None
     log.info("model %s (%s) loaded and warmed up", state.runtime.name, state.runtime.version)
     tasks.set_state(state)
     from service import jobs

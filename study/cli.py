@@ -1,4 +1,4 @@
-"""Command line: the study by default, plus 'data', 'report' and 'weights' commands."""
+"""Command line: the study by default, plus 'data', 'report', 'weights' and 'gate' commands."""
 
 from __future__ import annotations
 
@@ -73,7 +73,18 @@ def _weights_command(argv: list[str]) -> int:
     return weights_main(argv)
 
 
-COMMANDS = {"data": _data_command, "report": _report_command, "weights": _weights_command}
+def _gate_command(argv: list[str]) -> int:
+    from study.gate.fit import main as gate_main
+
+    return gate_main(argv)
+
+
+COMMANDS = {
+    "data": _data_command,
+    "report": _report_command,
+    "weights": _weights_command,
+    "gate": _gate_command,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

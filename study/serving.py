@@ -19,9 +19,14 @@ listed here, each name re-exported from the stage that owns it:
 * pictures: :func:`grey_preview` (:mod:`study.data.preview`, the one grey
   preview) and Grad-CAM (:mod:`study.report.gradcam`): :func:`gradcam`,
   :func:`heatmap_png`.
-* the data set, to fit the gate: :data:`DEFAULT_DATA_DIR` (:mod:`study.paths`),
-  :func:`scan` and :func:`make_splits` (:mod:`study.data.records`). These two
-  load on first use: scikit-learn costs seconds, and the API never needs them.
+* the input gate (:mod:`study.gate`, fitted by ``run_study.py gate fit``; the
+  service only loads it): :func:`load_gate`, :class:`GateModel`,
+  :class:`GateUnavailableError`, :func:`compute_features`, :func:`failing_layer`,
+  :func:`gate_check` (one check's JSON), :data:`GATE_DIR_NAME` (``<study>/gate``)
+  and :func:`dicom_header` (the header alone, before any pixel is read).
+* :data:`DEFAULT_DATA_DIR` (:mod:`study.paths`), and :func:`scan` and
+  :func:`make_splits` (:mod:`study.data.records`), which load on first use:
+  scikit-learn costs seconds, and the API never needs them.
 """
 
 from __future__ import annotations
@@ -45,6 +50,15 @@ from study.data.preprocess import (
     window,
 )
 from study.data.preview import grey_preview
+from study.gate.model import (
+    GATE_DIR_NAME,
+    GateModel,
+    GateUnavailableError,
+    failing_layer,
+    load_gate,
+)
+from study.gate.model import check as gate_check
+from study.gate.scalar import compute_features
 from study.paths import DEFAULT_DATA_DIR
 from study.report.gradcam import gradcam, heatmap_png
 from study.select.model_io import Winner, load_winner, newest_winner
@@ -54,6 +68,14 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "GATE_DIR_NAME",
+    "GateModel",
+    "GateUnavailableError",
+    "compute_features",
+    "dicom_header",
+    "failing_layer",
+    "gate_check",
+    "load_gate",
     "MAX_PIXELS",
     "Decoded",
     "ImageDecodeError",

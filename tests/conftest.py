@@ -61,6 +61,20 @@ def artifacts_dir() -> Path:
     return d
 
 
+# A small gate for tests: the production rules on fewer images (about a minute, cached).
+TEST_GATE = {"n_fit": 150, "n_calib": 60, "n_variants": 3}
+
+
+@pytest.fixture(scope="session")
+def fitted_gate_dir(data_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The input gate fitted once per session (study side, as 'run_study.py gate fit')."""
+    from study.gate.fit import GateFitConfig, fit_gate
+
+    out = tmp_path_factory.mktemp("gate_study") / "gate"
+    fit_gate(out, data_dir, GateFitConfig(**TEST_GATE))
+    return out
+
+
 @pytest.hookimpl(hookwrapper=True)
 def pytest_runtest_makereport(item, call):
     """With CI=true a skip is a failure: nothing may silently not run in CI."""

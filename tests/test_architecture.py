@@ -5,7 +5,7 @@ nothing is imported or executed. The rules:
 
 (a) ``service`` reaches the study only through ``study.serving``, and only for
     names that module exports (type-only imports included: the seam is the seam).
-(b) Within the study, stages are ordered data < models < search < select < report:
+(b) Within the study, stages are ordered data < models < gate < search < select < report:
     a stage imports its own or a lower stage at run time, never a higher one, and
     never the modules that drive or expose the stages (study.config, study.cli,
     study.workflow, study.serving). Anyone may import the foundation modules
@@ -29,7 +29,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 ROOTS = ("study", "search_spaces", "service")
-STAGES = ("data", "models", "search", "select", "report")
+STAGES = ("data", "models", "gate", "search", "select", "report")
 SEAM = "study.serving"
 # Top-level modules above every stage: they drive the stages or expose them to the service.
 ABOVE_STAGES = ("study.config", "study.cli", "study.workflow", SEAM)
@@ -161,7 +161,7 @@ def service_violations(edges: Iterable[Edge], seam_names: set[str]) -> list[str]
 
 
 def stage_violations(edges: Iterable[Edge]) -> list[str]:
-    """(b) run-time imports follow data < models < search < select < report; no service."""
+    """(b) run-time imports follow data < models < gate < search < select < report; no service."""
     out = []
     for e in edges:
         if e.type_only:

@@ -130,7 +130,15 @@ def test_missing_or_bad_table_falls_back_to_float32(tmp_path: Path) -> None:
 
 def test_readme_tables_are_the_last_results(tmp_path: Path) -> None:
     text = README.read_text()
-    assert blocks(text) == ["precision", "pipeline", "pipeline_demand", "training", "load"]
+    assert blocks(text) == [
+        "precision",
+        "pipeline",
+        "pipeline_demand",
+        "training",
+        "load",
+        "gate_table",
+        "gate_latency",
+    ]
     assert render(text) == text, "README tables differ from benchmarks/results: make benchmark"
     (tmp_path / "pipeline.md").write_text("| a |\n|---|\n| 1 |\n")
     assert "| 1 |" in render(text, tmp_path) and "not measured yet" in render(text, tmp_path)

@@ -24,18 +24,11 @@ from tests.service_support import (
 
 
 @pytest.fixture(scope="session")
-def gate_ready(data_dir: Path) -> None:
-    """Run the gate once here, so a missing gate model is fitted (and saved) before any worker
-    starts, instead of inside a worker's readiness wait."""
-    from service.settings import Settings
-    from service.worker import warm_up_gate
-
-    warm_up_gate(Settings())
-
-
-@pytest.fixture(scope="session")
-def tiny_winner(tmp_path_factory: pytest.TempPathFactory, gate_ready: None) -> Path:
-    return make_tiny_winner(tmp_path_factory.mktemp("tiny_study"))
+def tiny_winner(tmp_path_factory: pytest.TempPathFactory, fitted_gate_dir: Path) -> Path:
+    """The tiny winner with the session's fitted gate beside it, where workers look for it."""
+    winner = make_tiny_winner(tmp_path_factory.mktemp("tiny_study"))
+    shutil.copytree(fitted_gate_dir, winner.parent / "gate")
+    return winner
 
 
 @pytest.fixture(scope="session")

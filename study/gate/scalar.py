@@ -1,4 +1,4 @@
-"""Image features for the input gate, all computed with :mod:`study.data.preprocess`.
+"""The input gate's hand-made features (X-ray and quality layers), via :mod:`study.data.preprocess`.
 
 Every feature is measured on a *working image*: the greyscale pixels resampled
 to 224x224 (``resize(..., "stretch")``) and then windowed. The training copies
@@ -17,12 +17,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from study.serving import PreprocessConfig, normalise, resize, to_grayscale, window
+from study.data.preprocess import resize, to_grayscale, window
 
 WORK_SIZE = 224  # side of the training copies (PROVENANCE.md)
-CHEST_SIZE = 32  # "eigen-lungs" resolution: global layout, not texture
-# Global histogram equalisation: the chest detector should see layout, not exposure.
-CHEST_CFG = PreprocessConfig(image_size=CHEST_SIZE, normalise="equalize", resize="stretch")
 CHROMA_COLOURED = 0.12  # a pixel whose max-min channel spread exceeds 12% of range is coloured
 WHITE_LEVEL = 250  # windowed uint8 level counted as white background
 CLIP_HIGH = 254  # raw 8-bit level counted as clipped white
@@ -30,7 +27,7 @@ CLIP_LOW = 1  # raw 8-bit level counted as clipped black
 CLIP_BLUR = 5  # px box filter on the 224 image before counting clipped pixels
 SHARPNESS_SIGMA = 1.0
 
-# name -> (layer, "max" or "min", log-scale?) ; thresholds are fitted in gate_model.
+# name -> (layer, "max" or "min", log-scale?) ; thresholds are fitted in study.gate.fit.
 FEATURES: dict[str, tuple[str, str, bool]] = {
     "colour_fraction": ("xray", "max", False),
     "white_fraction": ("xray", "max", False),
@@ -46,10 +43,10 @@ FEATURES: dict[str, tuple[str, str, bool]] = {
 
 @dataclass
 class GateFeatures:
-    """Scalar features plus the chest vector for the PCA detector."""
+    """Scalar features plus the windowed working image (the chest detector's input)."""
 
     values: dict[str, float]
-    chest_vector: np.ndarray  # float32 (CHEST_SIZE*CHEST_SIZE,), zero mean, unit std
+    work: np.ndarray  # uint8 (WORK_SIZE, WORK_SIZE), windowed
 
 
 def _colour_fraction(pixels: np.ndarray) -> float:
@@ -79,13 +76,6 @@ def _raw8(small: np.ndarray) -> np.ndarray:
     return np.rint((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
-def chest_vector(work: np.ndarray) -> np.ndarray:
-    """Equalised 32x32 thumbnail, standardised: the input of the eigen-lung detector."""
-    small = resize(normalise(work, CHEST_CFG), CHEST_CFG.image_size, CHEST_CFG.resize)
-    v = small.astype(np.float32).ravel()
-    return (v - v.mean()) / (v.std() + 1e-6)
-
-
 def compute_features(pixels: np.ndarray) -> GateFeatures:
     """All gate features from decoded pixels (HxW or HxWxC, any depth)."""
     h, w = pixels.shape[:2]
@@ -112,4 +102,4 @@ def compute_features(pixels: np.ndarray) -> GateFeatures:
         "clipped_black": float((blurred <= CLIP_LOW).mean()),
         "contrast": float(raw.astype(np.float32).std() / 255.0),
     }
-    return GateFeatures(values, chest_vector(work))
+    return GateFeatures(values, work)
