@@ -4,6 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DATA_DIR ?= ../shared/data/chest_xray
 BUDGET ?= 50
+NAME ?= main
 ARGS ?=
 
 .PHONY: study test venv lint benchmark freeze serve
@@ -16,9 +17,11 @@ $(BIN)/.installed: requirements.txt
 
 venv: $(BIN)/.installed
 
+# The study, then its input gate beside the winner (results/$(NAME)/gate/).
 study: venv
 	$(BIN)/python run_study.py weights fetch-offline
-	$(BIN)/python run_study.py --data-dir $(DATA_DIR) --budget $(BUDGET) $(ARGS)
+	$(BIN)/python run_study.py --data-dir $(DATA_DIR) --budget $(BUDGET) --name $(NAME) $(ARGS)
+	$(BIN)/python run_study.py gate fit --study results/$(NAME) --data-dir $(DATA_DIR)
 
 test: venv
 	bash scripts/test.sh
