@@ -131,6 +131,7 @@ def test_missing_or_bad_table_falls_back_to_float32(tmp_path: Path) -> None:
 def test_readme_tables_are_the_last_results(tmp_path: Path) -> None:
     text = README.read_text()
     assert blocks(text) == [
+        "study_table",
         "precision",
         "pipeline",
         "pipeline_demand",

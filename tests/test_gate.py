@@ -435,3 +435,12 @@ def test_gate_fit_command_needs_a_study_folder(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "no study folder" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def test_raw_dicom_with_an_unknown_value_representation_is_not_an_image() -> None:
+    """Found by the upload fuzzer: pydicom raises NotImplementedError for a bad VR."""
+    from service.gate import format_check
+
+    res = format_check(b"\x08\x00\x05\x00AA\x00\x00\x00")
+    assert not res.accepted and res.code == "not_an_image"
+    assert "Unknown Value Representation" in res.message

@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import re
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -109,10 +110,14 @@ def _read(data: bytes, pixels: bool, tags: list[str] | None = None) -> Any:
         )
     except ImageDecodeError:
         raise
-    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
-        raise ImageDecodeError(f"unreadable DICOM: {exc}") from exc
     except RecursionError as exc:
         raise ImageDecodeError("unreadable DICOM: sequences nested too deeply") from exc
+    except (InvalidDicomError, EOFError, ValueError, KeyError, TypeError, OSError) as exc:
+        raise ImageDecodeError(f"unreadable DICOM: {exc}") from exc
+    except (NotImplementedError, AttributeError, IndexError, struct.error) as exc:
+        # Untrusted bytes: pydicom also raises these for a damaged header (e.g. an
+        # unknown value representation); every one is an unreadable DICOM, never a 500.
+        raise ImageDecodeError(f"unreadable DICOM: {exc}") from exc
     _ensure_transfer_syntax(ds)
     return ds
 
