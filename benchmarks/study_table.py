@@ -90,7 +90,8 @@ def candidate_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
     scored: dict[str, tuple[float | None, float | None]] = {}
     rows = []
     for label, rec in candidates(trials).items():
-        name = f"{rec['family']}-{rec['trial_id']}"
+        # An ensemble's name (ens-topK) repeats across objectives: its members identify it.
+        name = " + ".join(rec.get("members") or [f"{rec['family']}-{rec['trial_id']}"])
         pre = PreprocessConfig.from_dict(rec.get("preprocess") or base)
         if name not in scored:
             model = _model(rec)

@@ -444,3 +444,19 @@ def test_raw_dicom_with_an_unknown_value_representation_is_not_an_image() -> Non
     res = format_check(b"\x08\x00\x05\x00AA\x00\x00\x00")
     assert not res.accepted and res.code == "not_an_image"
     assert "Unknown Value Representation" in res.message
+
+
+def test_a_small_data_folder_still_gives_every_kermany_kind(data_dir, tmp_path) -> None:
+    """Docker and CI fit the gate on 60 films per class: the rotated kind must not be empty."""
+    import shutil
+    from collections import Counter
+
+    from study.gate.sources import kermany_items
+
+    for cls in ("NORMAL", "PNEUMONIA"):
+        (tmp_path / "train" / cls).mkdir(parents=True)
+        for f in sorted((data_dir / "train" / cls).glob("*.jpeg"))[:60]:
+            shutil.copy(f, tmp_path / "train" / cls / f.name)
+    kinds = Counter((i.kind, i.part) for i in kermany_items(tmp_path, 300, 100, 0))
+    for part in ("fit", "calib"):
+        assert kinds[("chest", part)] > 0 and kinds[("rotated_chest", part)] > 0
