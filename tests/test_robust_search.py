@@ -214,3 +214,18 @@ def test_each_family_gets_an_equal_share_of_the_time_left() -> None:
     assert 29.0 < share < 31.0  # a third of the time left, not all of it
     assert abs(family_deadline(now + 90.0, 1) - (now + 90.0)) < 1.0  # the last takes the rest
     assert family_deadline(now - 5.0, 2) <= time.monotonic() + 0.1  # past: no time at all
+
+
+def test_random_clahe_is_the_preprocessing_clahe_on_the_picked_images() -> None:
+    from study.data.preprocess import normalise
+    from study.search.pipeline import _clahe_images
+
+    rng = np.random.default_rng(1)
+    batch = rng.uniform(0, 1, (3, 32, 32, 1)).astype(np.float32)
+    out = _clahe_images(batch, np.array([1.5, 3.0, 2.0]), np.array([True, False, True]))
+    np.testing.assert_array_equal(out[1], batch[1])  # not picked: unchanged
+    u8 = np.round(batch[2, ..., 0] * 255).astype(np.uint8)
+    want = normalise(u8, PreprocessConfig(normalise="clahe", clahe_clip=2.0)) / 255.0
+    np.testing.assert_allclose(out[2, ..., 0], want, atol=1e-6)
+    assert not np.allclose(out[0], batch[0])
+    assert AUGMENTATIONS["domain"].clahe_prob > 0 == AUGMENTATIONS["standard"].clahe_prob

@@ -29,6 +29,7 @@ class AugmentConfig:
     lowres_prob: float = 0.0  # probability of a down-and-up resize (a coarser detector)
     lowres_min: float = 0.4  # the smallest downscale factor of a resolution drop
     jpeg_prob: float = 0.0  # probability of JPEG re-compression per batch (quality 30-90)
+    clahe_prob: float = 0.0  # probability of CLAHE with a random clip limit (1-4) per image
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -47,6 +48,7 @@ DOMAIN = AugmentConfig(
     sharpen_prob=0.25,
     lowres_prob=0.30,
     jpeg_prob=0.30,
+    clahe_prob=0.25,
 )
 #: The augmentation presets a search chooses from, by name (hyperparameter ``augment``).
 AUGMENTATIONS: dict[str, AugmentConfig] = {"standard": STANDARD, "domain": DOMAIN}

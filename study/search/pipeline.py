@@ -15,7 +15,7 @@ import numpy as np
 import tensorflow as tf
 
 from study.data.augment import AugmentConfig
-from study.data.preprocess import scale
+from study.data.preprocess import PreprocessConfig, normalise, scale
 
 DEFAULT_AUGMENT = AugmentConfig()
 
@@ -88,7 +88,29 @@ def _detector(
         x = _where(cfg.lowres_prob, seeds[4], batch, coarse, x)
     if cfg.jpeg_prob > 0:
         x = _jpeg(tf.clip_by_value(x, 0.0, 1.0), cfg.jpeg_prob, seeds[5])
+    if cfg.clahe_prob > 0:
+        x = _random_clahe(tf.clip_by_value(x, 0.0, 1.0), batch, cfg.clahe_prob, seeds[0])
     return x
+
+
+def _clahe_images(batch: np.ndarray, clips: np.ndarray, picks: np.ndarray) -> np.ndarray:
+    """CLAHE on the picked images, each with its own clip limit, through the one
+    preprocessing module's ``normalise`` (TensorFlow has no CLAHE kernel)."""
+    out = batch.copy()
+    for i in np.flatnonzero(picks):
+        cfg = PreprocessConfig(normalise="clahe", clahe_clip=float(clips[i]))
+        u8 = np.round(np.clip(batch[i, ..., 0], 0.0, 1.0) * 255).astype(np.uint8)
+        out[i, ..., 0] = normalise(u8, cfg).astype(np.float32) / 255.0
+    return out
+
+
+def _random_clahe(x: tf.Tensor, batch: tf.Tensor, prob: float, seed: tf.Tensor) -> tf.Tensor:
+    """Random local contrast equalisation: CLAHE (clip 1-4) on a ``prob`` share of images."""
+    s = tf.random.experimental.stateless_split(tf.stack([seed[1], seed[0]]), num=2)
+    clips = tf.random.stateless_uniform([batch], s[0], 1.0, 4.0)
+    picks = tf.random.stateless_uniform([batch], s[1]) < prob
+    y = tf.numpy_function(_clahe_images, [x, clips, picks], tf.float32, stateful=False)
+    return tf.ensure_shape(y, x.shape)
 
 
 def _jpeg(x: tf.Tensor, prob: float, seed: tf.Tensor) -> tf.Tensor:
