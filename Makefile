@@ -21,7 +21,7 @@ venv: $(BIN)/.installed
 study: venv
 	$(BIN)/python run_study.py weights fetch-offline
 	$(BIN)/python run_study.py --data-dir $(DATA_DIR) --budget $(BUDGET) --name $(NAME) $(ARGS)
-	$(BIN)/python run_study.py gate fit --study results/$(NAME) --data-dir $(DATA_DIR)
+	$(BIN)/python run_study.py gate fit --study $${PNEUMOSCOPE_RESULTS_DIR:-results}/$(NAME) --data-dir $(DATA_DIR)
 
 test: venv
 	bash scripts/test.sh
