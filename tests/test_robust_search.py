@@ -144,8 +144,11 @@ def test_each_trial_trains_on_its_own_input(searched_study: Path) -> None:
             searched_study / "trials" / f"custom_cnn-{t['trial_id']}" / "shift_predictions.csv"
         ).is_file()
     winner = json.loads((searched_study / "winner.json").read_text())
-    won = next(t for t in trials if f"custom_cnn-{t['trial_id']}" == winner["trial"])
-    assert winner["preprocess"] == won["preprocess"] and winner["image_size"] == won["image_size"]
+    # A single winner, or an ensemble whose members all share the winner's input.
+    for name in winner.get("members") or [winner["trial"]]:
+        won = next(t for t in trials if f"custom_cnn-{t['trial_id']}" == name)
+        assert winner["preprocess"] == won["preprocess"]
+        assert winner["image_size"] == won["image_size"]
     assert winner["calibration"]["temperature"] > 0 and "refer_band" in winner
     report = (searched_study / "report.html").read_text()
     assert 'id="robustness-table"' in report and 'id="shift-threshold-table"' in report
