@@ -44,15 +44,13 @@ def candidates(trials: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def labelled_files(folder: Path) -> tuple[list[str], np.ndarray]:
-    """Files of a Kaggle-layout class folder pair, with labels (PNEUMONIA = 1)."""
-    files, labels = [], []
-    for label, cls in enumerate(("NORMAL", "PNEUMONIA")):
-        for p in sorted((folder / cls).glob("*")):
-            if p.is_file():
-                files.append(str(p))
-                labels.append(label)
-    return files, np.array(labels)
+def labelled_files(folder: Path, split: str | None = None) -> tuple[list[str], np.ndarray]:
+    """Files and labels (PNEUMONIA = 1) of a Kaggle-layout folder, through the study's own
+    scanner (optionally one source split)."""
+    from study.data.records import scan
+
+    recs = [r for r in scan(folder, require_train=False) if split in (None, r.source_split)]
+    return [r.path for r in recs], np.array([r.label for r in recs])
 
 
 def _model(record: dict[str, Any]) -> Any:
@@ -66,14 +64,30 @@ def _model(record: dict[str, Any]) -> Any:
     return keras.saving.load_model(Path(record["dir"]) / "best.keras", compile=False)
 
 
-def _auc(model: Any, files: list[str], y: np.ndarray, pre: Any) -> float | None:
-    from study.data.preprocess import load_for_model
+class Inputs:
+    """Model inputs of a file list, decoded once per preprocessing config (every candidate
+    of one config shares them)."""
+
+    def __init__(self, files: list[str]) -> None:
+        self.files = files
+        self._by_key: dict[str, np.ndarray] = {}
+
+    def at(self, pre: Any) -> np.ndarray:
+        from study.data.preprocess import load_for_model
+
+        if pre.key() not in self._by_key:
+            self._by_key[pre.key()] = np.stack(
+                [load_for_model(Path(f).read_bytes(), pre) for f in self.files]
+            )
+        return self._by_key[pre.key()]
+
+
+def _auc(model: Any, inputs: Inputs, y: np.ndarray, pre: Any) -> float | None:
     from study.search.trial_log import exact_roc_auc
 
-    if not files:
+    if not inputs.files:
         return None
-    x = np.stack([load_for_model(Path(f).read_bytes(), pre) for f in files])
-    return exact_roc_auc(y, model.predict(x, batch_size=32, verbose=0).reshape(-1))
+    return exact_roc_auc(y, model.predict(inputs.at(pre), batch_size=32, verbose=0).reshape(-1))
 
 
 def candidate_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
@@ -82,11 +96,15 @@ def candidate_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
     from study.search.trial_log import load_trials
 
     trials = load_trials(study)
-    splits = json.loads((study / "splits.json").read_text())
-    test_files = splits["files"].get("test", [])
-    test_y = np.array([int("/PNEUMONIA/" in f) for f in test_files])
-    val_files, val_y = labelled_files(samples / OFFICIAL_VAL)
-    base = json.loads((study / "config.json").read_text())["config"]["preprocess"]
+    saved = json.loads((study / "config.json").read_text())
+    config = saved["config"]
+    test_files = json.loads((study / "splits.json").read_text())["files"].get("test", [])
+    data_dir = Path(saved.get("resume_key", config)["data_dir"])  # resolved when it was run
+    label_of = dict(zip(*labelled_files(data_dir), strict=True))
+    test_y = np.array([label_of[f] for f in test_files])
+    val_files, val_y = labelled_files(samples / OFFICIAL_VAL.parent, "val")
+    test_in, val_in = Inputs(test_files), Inputs(val_files)
+    base = config["preprocess"]
     scored: dict[str, tuple[float | None, float | None]] = {}
     rows = []
     for label, rec in candidates(trials).items():
@@ -96,8 +114,8 @@ def candidate_rows(study: Path, samples: Path) -> list[dict[str, Any]]:
         if name not in scored:
             model = _model(rec)
             scored[name] = (
-                _auc(model, test_files, test_y, pre),
-                _auc(model, val_files, val_y, pre),
+                _auc(model, test_in, test_y, pre),
+                _auc(model, val_in, val_y, pre),
             )
         rows.append(
             {
@@ -127,7 +145,7 @@ def _scored_sets(study: Path, samples: Path) -> dict[str, tuple[np.ndarray, np.n
         np.array([float(r["probability_pneumonia"]) for r in rows]),
     )
     winner = load_winner(study / "winner")
-    files, y = labelled_files(samples / OFFICIAL_VAL)
+    files, y = labelled_files(samples / OFFICIAL_VAL.parent, "val")
     p = winner.predict_batch(np.stack([winner.prepare(Path(f).read_bytes()) for f in files]))
     return {"carved test": test, f"official val originals (n={len(files)})": (y, p)}
 

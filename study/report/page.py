@@ -179,10 +179,8 @@ def leaderboard_section(study_dir: Path, summary: dict[str, Any] | None) -> dict
     kind = objective_of(summary)
     trials = load_trials(study_dir)
     rows = [_trial_row(t) | {"objective": objective(t, kind)} for t in trials]
-    rows += [
-        _ensemble_row(e.record()) | {"objective": objective(e.record(), kind)}
-        for e in candidate_ensembles(trials, kind=kind)
-    ]
+    records = [e.record() for e in candidate_ensembles(trials, kind=kind)]
+    rows += [_ensemble_row(r) | {"objective": objective(r, kind)} for r in records]
     # The winner is the trial with the highest objective, so row 1 is always the winner.
     rows.sort(key=lambda r: -r["objective"])
     for i, r in enumerate(rows, start=1):
