@@ -8,7 +8,8 @@
    A DICOM whose header says CT, MR, US, NM, PT, XA... (or a body part other than
    the chest) is refused as ``not_chest_xray`` from its header, before its pixels are read.
 2. X-ray    ``not_xray``: colour, white background, edge density, fine detail, and
-   the learned photo/document probability.
+   the learned probability that it is a radiograph at all (photos, documents, MRI, CT
+   and ultrasound are not).
 3. chest    ``not_chest_xray``: the learned chest detector on ImageNet
    EfficientNet-Lite0 features (Mahalanobis distance and/or classifier probability,
    as chosen on calibration data); a film that looks like a rotated chest X-ray is
@@ -307,8 +308,9 @@ _XRAY_WORDS = {
     "(far more sharp edges than an X-ray has)",
     "fine_detail": "this looks like a photo or a screenshot, not an X-ray "
     "(much more fine detail than an X-ray has)",
-    "photo_or_document": "this looks like a photo, document or graphic, not an X-ray "
-    "(photo/document probability {v:.0%})",
+    "xray_probability": "this does not look like an X-ray film: it looks like a photo, a "
+    "document or screenshot, or another kind of scan (MRI, CT, ultrasound) "
+    "(X-ray probability {v:.0%})",
 }
 _QUALITY_WORDS = {
     "min_side": "the image is too small ({v:.0f} px on its shortest side; need at least {t:.0f})",
@@ -359,8 +361,9 @@ def _chest_message(c: dict[str, Any]) -> str:
     scores = ", ".join(f"{k} {v:.3g}" for k, v in c["scores"].items())
     if c.get("top_class") == ROTATED:
         return (
-            "this looks like a chest X-ray turned on its side or upside down: it is rotated, "
-            f"please upload it upright ({scores})"
+            "this looks like a chest X-ray turned on its side or upside down (or a lateral "
+            "view: only frontal PA/AP films are read): if it is rotated, please upload it "
+            f"upright ({scores})"
         )
     return (
         "this does not look like a frontal chest X-ray: it may be an X-ray of another body "

@@ -3,11 +3,14 @@
 Nothing is tuned by hand on the sample images (``../shared/data/samples`` is a dev
 set for the README table only). The rules:
 
-* scalar X-ray and quality thresholds: the training 0.5th/99.5th percentile of the
-  Kermany fit images, widened by ``margin`` times its distance from the median (log
-  scale for scale-like features); the X-ray layer uses a wider margin (2) than the
-  quality layer (1) because it must pass radiographs the chest set never shows.
-  Colour has a floor of 5% (coloured burned-in annotations), clipped white one of 2%.
+* scalar X-ray and quality thresholds: the 0.5th/99.5th percentile of the chest fit
+  films (Kermany and their adult-like copies: exposure and framing vary between
+  hospitals), widened by ``margin`` times its distance from the median (log scale for
+  scale-like features); the X-ray layer uses a wider margin (2) than the quality layer
+  (1) because it must pass radiographs the chest set never shows. Colour has a floor of
+  5% (coloured burned-in annotations), clipped white one of 2%. The smallest side is
+  the winner's input size (a smaller film would be enlarged: detail the model was
+  never shown is missing), or the smallest training film without a winner.
 * chest detector: Ledoit-Wolf Mahalanobis density on the chest fit features and a
   multinomial logistic regression against the real negatives (study.gate.sources).
   Each threshold sits midway between the calibration chest films (held-out patients
@@ -15,7 +18,9 @@ set for the README table only). The rules:
   ``target_acceptance`` quantiles (logit scale for the probability); which score
   decides (distance, probability or both) is measured on every source's calibration
   part and the best mean per-source accuracy wins.
-* ``photo_or_document``: the classifier's probability of that kind above 0.5.
+* ``xray_probability``: a binary logistic regression, radiographs (chest films, turned
+  or not, and the lower-leg X-ray) against everything else, its threshold set by the
+  same midway rule between calibration radiographs and calibration non-radiographs.
 """
 
 from __future__ import annotations
@@ -46,14 +51,13 @@ from study.gate.model import (
     signature,
 )
 from study.gate.scalar import FEATURES, GateFeatures, compute_features
-from study.gate.sources import KINDS, Item, all_items, safe_load
+from study.gate.sources import KINDS, Item, all_items, is_radiograph, safe_load
 from study.paths import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR
 
 XRAY_MARGIN = 2.0
 QUALITY_MARGIN = 1.0
 COLOUR_FLOOR = 0.05
 CLIPPED_WHITE_FLOOR = 0.02
-PHOTO_THRESHOLD = 0.5
 CHEST_SOURCES = ("kermany", "kermany_adult_like")  # the chest thresholds' calibration films
 
 
@@ -86,6 +90,9 @@ class Features:
 
     def column(self, attr: str) -> np.ndarray:
         return np.array([getattr(i, attr) for i in self.items])
+
+    def radiograph(self) -> np.ndarray:
+        return np.array([is_radiograph(i) for i in self.items], bool)
 
 
 # ----------------------------------------------------------------------------- features
@@ -157,16 +164,19 @@ def _feature_threshold(values: np.ndarray, kind: str, log: bool, margin: float) 
     return float(np.exp(t)) if log else t
 
 
-def feature_rule(name: str, values: np.ndarray) -> Threshold:
-    """One scalar feature's threshold from the Kermany fit values, and how it was derived."""
+def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -> Threshold:
+    """One scalar feature's threshold from the chest fit values, and how it was derived."""
     layer, kind, log = FEATURES[name]
+    if name == "min_side" and input_size:
+        how = f"the winner's input size ({input_size} px): a smaller film would be enlarged"
+        return Threshold(float(input_size), kind, layer, how)
     if name == "min_side":
-        how = "smallest side of any training image (the model never saw less detail)"
+        how = "smallest side of any training image (no winner: the model never saw less detail)"
         return Threshold(float(values.min()), kind, layer, how)
     margin = XRAY_MARGIN if layer == "xray" else QUALITY_MARGIN
     thr = _feature_threshold(values, kind, log, margin)
     pct = "99.5th" if kind == "max" else "0.5th"
-    how = f"train {pct} percentile widened by {margin:g}x its distance from the median"
+    how = f"chest fit films' {pct} percentile widened by {margin:g}x its distance from the median"
     how += " (log scale)" if log else ""
     if name == "colour_fraction" and thr < COLOUR_FLOOR:
         thr, how = COLOUR_FLOOR, how + f"; floor {COLOUR_FLOOR:g} for coloured annotations"
@@ -177,7 +187,8 @@ def feature_rule(name: str, values: np.ndarray) -> Threshold:
 
 
 def fit_detector(fit: Features, c: float) -> Detector:
-    """Standardise, Ledoit-Wolf density on the chest kind, logistic regression on all kinds."""
+    """Standardise, Ledoit-Wolf density on the chest kind, logistic regression on all kinds,
+    and a binary one for "radiograph or not"."""
     from sklearn.covariance import LedoitWolf
     from sklearn.linear_model import LogisticRegression
 
@@ -191,7 +202,18 @@ def fit_detector(fit: Features, c: float) -> Detector:
     y = np.array([KINDS.index(k) for k in kinds])
     lr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced").fit(z, y)
     order = [list(lr.classes_).index(i) for i in range(len(KINDS))]
-    return Detector(mean, std, lw.location_, lw.precision_, lr.coef_[order], lr.intercept_[order])
+    xr = LogisticRegression(C=c, max_iter=2000, class_weight="balanced")
+    xr.fit(z, fit.radiograph())
+    return Detector(
+        mean,
+        std,
+        lw.location_,
+        lw.precision_,
+        lr.coef_[order],
+        lr.intercept_[order],
+        xr.coef_[0],
+        xr.intercept_,
+    )
 
 
 def _logit(p: float) -> float:
@@ -219,11 +241,7 @@ def _learned_thresholds(
     q = target if rule != "both" else float(np.sqrt(target))
     n, m = len(chest.items), len(others.items)
     how = f"calibration: midway between the {q:.2%} edges of {n} chest films and {m} others"
-    out = {
-        "photo_or_document": Threshold(
-            PHOTO_THRESHOLD, "max", "xray", "the classifier's own boundary for photo/document"
-        ),
-    }
+    out: dict[str, Threshold] = {}
     if rule in ("distance", "both"):
         t = gap_threshold(s["distance"], o["distance"], q, "max")
         out["chest_distance"] = Threshold(t, "max", "chest", how + " (Mahalanobis distance)")
@@ -231,6 +249,19 @@ def _learned_thresholds(
         t = gap_threshold(s["proba"][:, 0], o["proba"][:, 0], q, "min")
         out["chest_probability"] = Threshold(t, "min", "chest", how + " (logit scale)")
     return out
+
+
+def xray_threshold(det: Detector, calib: Features, target: float) -> dict[str, Threshold]:
+    """The X-ray layer's learned check: midway between calibration radiographs and
+    calibration non-radiographs at their ``target`` quantiles (logit scale)."""
+    xr = calib.radiograph()
+    p = det.scores(calib.emb)["xray"]
+    t = gap_threshold(p[xr], p[~xr], target, "min")
+    how = (
+        f"calibration: midway between the {target:.2%} edges of {int(xr.sum())} radiographs "
+        f"and {int((~xr).sum())} other images (logit scale)"
+    )
+    return {"xray_probability": Threshold(t, "min", "xray", how)}
 
 
 # ----------------------------------------------------------------------------- calibration
@@ -262,8 +293,9 @@ def choose_rule(
     others = calib.select(calib.column("kind") != "chest")
     trials: dict[str, Any] = {}
     best: tuple[float, GateModel] | None = None
+    fixed = scalar | xray_threshold(det, calib, target)
     for rule in RULES:
-        model = GateModel(scalar | _learned_thresholds(det, chest, others, rule, target), det, rule)
+        model = GateModel(fixed | _learned_thresholds(det, chest, others, rule, target), det, rule)
         report = calibration_report(model, calib)
         score = float(np.mean([r["correct_rate"] for r in report.values()]))
         trials[rule] = {"mean_correct_rate": round(score, 4), "per_source": report}
@@ -279,8 +311,10 @@ def fit_gate(
     cfg: GateFitConfig | None = None,
     cache_dir: Path | None = DEFAULT_CACHE_DIR,
     weights_dir: Path | None = None,
+    input_size: int | None = None,
 ) -> GateModel:
-    """Fit the whole gate from the sources and write it to ``out_dir`` (see the module doc)."""
+    """Fit the whole gate from the sources and write it to ``out_dir`` (see the module doc);
+    ``input_size``: the winner's, the smallest side the gate accepts."""
     from study.models.offline_weights import fetch_offline
 
     cfg = cfg or GateFitConfig()
@@ -294,8 +328,8 @@ def fit_gate(
     feats = featurise(items, weights, backbone, cache_dir)
     parts = feats.column("part")
     fit, calib = feats.select(parts == "fit"), feats.select(parts == "calib")
-    kermany = fit.select(fit.column("source") == "kermany")
-    scalar = {n: feature_rule(n, kermany.values[:, j]) for j, n in enumerate(FEATURES)}
+    films = fit.select(np.isin(fit.column("source"), CHEST_SOURCES))
+    scalar = {n: feature_rule(n, films.values[:, j], input_size) for j, n in enumerate(FEATURES)}
     det = fit_detector(fit, cfg.c)
     model, trials = choose_rule(scalar, det, calib, cfg.target_acceptance)
     model.info = {
@@ -326,10 +360,23 @@ def _counts(f: Features) -> dict[str, int]:
 # ----------------------------------------------------------------------------- study side
 
 
+def _winner_files(study_dir: Path) -> list[Path]:
+    return [study_dir / "winner.json", study_dir / "winner" / "winner.json"]
+
+
+def winner_input_size(study_dir: Path) -> int | None:
+    """The study winner's input side in pixels, None before a winner exists."""
+    for p in _winner_files(Path(study_dir)):
+        if p.is_file():
+            size = json.loads(p.read_text()).get("image_size")
+            return int(size) if size else None
+    return None
+
+
 def record_gate_version(study_dir: Path, model: GateModel) -> list[Path]:
     """Write the gate's version into the study's winner.json copies (those that exist)."""
     written = []
-    for p in (Path(study_dir) / "winner.json", Path(study_dir) / "winner" / "winner.json"):
+    for p in _winner_files(Path(study_dir)):
         if p.is_file():
             info = json.loads(p.read_text())
             info["gate"] = {"version": model.version, "path": GATE_DIR_NAME}
@@ -346,7 +393,8 @@ def fit_study_gate(
 ) -> GateModel:
     """The study workflow's gate step: fit into ``<study>/gate`` and record its version in
     winner.json. Returns the fitted model (``.version``, ``.info['calibration']``)."""
-    model = fit_gate(Path(study_dir) / GATE_DIR_NAME, data_dir, cfg, cache_dir)
+    size = winner_input_size(study_dir)
+    model = fit_gate(Path(study_dir) / GATE_DIR_NAME, data_dir, cfg, cache_dir, input_size=size)
     record_gate_version(study_dir, model)
     return model
 

@@ -15,8 +15,10 @@ The chest detector works on the backbone's 1280-d features, standardised:
   rotated chest, other medical image, photo/document), trained against real negatives.
 
 Which of the two decides (one, or both) is chosen at fit time on calibration data
-(study.gate.fit); both scores are always reported. The classifier's photo/document
-probability is also an X-ray-layer check (``photo_or_document``).
+(study.gate.fit); both scores are always reported. The X-ray layer has its own
+learned check, ``xray_probability``: a binary logistic regression "radiograph or not"
+(X-ray films of any body part against photos, documents, MR, CT and ultrasound), so a
+grey photo is told it is not an X-ray rather than not a chest X-ray.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ from study.gate.embed import BACKBONE_FILE, EMBED_SIZE, RUNTIME, embedder, embed
 from study.gate.scalar import FEATURES, WORK_SIZE, GateFeatures, compute_features
 from study.gate.sources import KINDS
 
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
 GATE_DIR_NAME = "gate"  # results/<study>/gate, beside the winner
 LAYERS = ("xray", "chest", "quality")  # the order in which a failing layer refuses
 RULES = ("both", "distance", "probability")  # preference order on ties
@@ -84,16 +86,19 @@ class Detector:
     precision: np.ndarray  # (d, d) inverse Ledoit-Wolf covariance
     coef: np.ndarray  # (len(KINDS), d)
     intercept: np.ndarray  # (len(KINDS),)
+    xray_coef: np.ndarray  # (d,) radiograph or not
+    xray_intercept: np.ndarray  # (1,)
 
     def scores(self, emb: np.ndarray) -> dict[str, Any]:
-        """Mahalanobis distance and class probabilities of (n, d) features, per row."""
+        """Mahalanobis distance, class and radiograph probabilities of (n, d) features."""
         z = (np.atleast_2d(emb).astype(np.float64) - self.scale_mean) / self.scale_std
         c = z - self.centre
         dist = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", c, self.precision, c), 0.0))
         logits = z @ self.coef.T + self.intercept
         logits -= logits.max(axis=1, keepdims=True)
         p = np.exp(logits)
-        return {"distance": dist, "proba": p / p.sum(axis=1, keepdims=True)}
+        xray = 1.0 / (1.0 + np.exp(-(z @ self.xray_coef + self.xray_intercept[0])))
+        return {"distance": dist, "proba": p / p.sum(axis=1, keepdims=True), "xray": xray}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in vars(self).items()}
@@ -126,7 +131,7 @@ class GateModel:
         s = self.detector.scores(emb)
         proba = {k: float(p) for k, p in zip(KINDS, s["proba"][0], strict=True)}
         learned = {
-            "photo_or_document": proba["not_xray"],
+            "xray_probability": float(s["xray"][0]),
             "chest_probability": proba["chest"],
             "chest_distance": float(s["distance"][0]),
         }

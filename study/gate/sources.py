@@ -9,14 +9,18 @@ Kinds (the classes of the discriminative score):
   refusal reason of its own, "rotated, please upload it upright".
 * ``other_medical``: pydicom-data's MR, CT, ultrasound, nuclear medicine, segmentation
   and lower-leg X-ray images (MIT), plus random crops and flips of them.
+
+The X-ray layer asks another question, "is it a radiograph?" (:func:`is_radiograph`):
+chest films (turned or not) and the lower-leg X-ray are; MR, CT, ultrasound, photos,
+documents and screenshots are not, so a grey photo is told it is not an X-ray.
 * ``not_xray``: scikit-image's bundled photos, text and scientific images (BSD-3),
   pydicom-data's secondary-capture photos and colour test patterns, in colour and grey,
   and synthetic documents/screenshots (random text, boxes and bars).
 
 Every non-Kermany source is split by a hash of its image group (one image stored in
 several encodings is one group), so no calibration image was fitted in any encoding.
-The scikit-image pictures that also appear among ``../shared/data/samples`` are put in
-the calibration part, so the dev table never shows a fitted image.
+The scikit-image pictures that also appear among ``../shared/data/samples`` are left out
+altogether (neither fitted nor used for a threshold): the dev set only fills the table.
 """
 
 from __future__ import annotations
@@ -33,11 +37,16 @@ import numpy as np
 from study.data.preprocess import ImageDecodeError, decode, to_grayscale, window
 
 KINDS = ("chest", "rotated_chest", "other_medical", "not_xray")
+# Radiographs (the X-ray layer's positives): chest films, turned or not, and pydicom-data's
+# X-rays of other body parts. MR, CT, ultrasound, photos and documents are not.
+RADIOGRAPH_KINDS = ("chest", "rotated_chest")
+RADIOGRAPH_SOURCES = ("pydicom_xray",)
+XRAY_MODALITIES = ("CR", "DX")
 CALIB_SHARE = 0.34  # share of each non-Kermany source's image groups held out
-# scikit-image pictures that ../shared/data/samples also holds: never fitted.
+# scikit-image pictures that ../shared/data/samples also holds: never used.
 SKIMAGE_DEV_OVERLAP = ("astronaut", "camera", "coffee", "moon", "page", "retina")
 SKIMAGE_DEV_OVERLAP += ("immunohistochemistry",)
-SKIMAGE_NAMES = SKIMAGE_DEV_OVERLAP + (
+SKIMAGE_NAMES = (
     "binary_blobs",
     "brick",
     "cat",
@@ -55,8 +64,10 @@ SKIMAGE_NAMES = SKIMAGE_DEV_OVERLAP + (
     "microaneurysms",
     "rocket",
     "shepp_logan_phantom",
+    "stereo_motorcycle",
     "text",
 )
+LFW_SCALE = 4  # scikit-image's 25x25 LFW crops, enlarged to 100 px: small grey photos
 PYDICOM_OTHER_MEDICAL = {"MR", "CT", "US", "NM", "SEG"}
 GREY_SHARE = 0.7  # colour pictures' variants made grey: grey photos must read as photos
 AUG_VERSION = 2  # in the keys of augmented items: bump when an augmentation changes
@@ -72,6 +83,11 @@ class Item:
     part: str  # "fit" or "calib"
     key: str  # unique and stable: the feature cache key
     load: Callable[[], np.ndarray]  # decoded pixels, any depth, HxW or HxWxC
+
+
+def is_radiograph(item: Item) -> bool:
+    """Whether the item is an X-ray film (of any body part, any orientation)."""
+    return item.kind in RADIOGRAPH_KINDS or item.source in RADIOGRAPH_SOURCES
 
 
 def in_calibration(group: str, share: float = CALIB_SHARE) -> bool:
@@ -201,8 +217,8 @@ def pydicom_files() -> list[Path]:
 
 def _dicom_kind(modality: str, body: str) -> tuple[str, str] | None:
     """(source, kind) of a pydicom-data file by its header, None for files left out."""
-    if modality == "CR":
-        return ("pydicom_chest", "chest") if "CHEST" in body else ("pydicom_other", "other_medical")
+    if modality in XRAY_MODALITIES:
+        return ("pydicom_chest", "chest") if "CHEST" in body else ("pydicom_xray", "other_medical")
     if modality in PYDICOM_OTHER_MEDICAL:
         return "pydicom_other", "other_medical"
     if modality == "OT":
@@ -258,6 +274,8 @@ def _skimage_image(name: str) -> np.ndarray:
     import skimage.data
 
     img = getattr(skimage.data, name)()
+    if isinstance(img, tuple):  # a stereo pair: its left view
+        img = img[0]
     if img.dtype == bool:
         img = img.astype(np.uint8) * 255
     img = np.asarray(img)
@@ -269,14 +287,32 @@ def _skimage_image(name: str) -> np.ndarray:
 
 
 def skimage_items(n_variants: int, seed: int) -> list[Item]:
-    """scikit-image's bundled pictures (photos, text, scientific), with crops and grey copies.
-    Those also among the dev samples are calibration only."""
+    """scikit-image's bundled pictures (photos, text, scientific), with crops and grey copies
+    (those also among the dev samples are not used)."""
     items: list[Item] = []
     for name in SKIMAGE_NAMES:
-        part = "calib" if name in SKIMAGE_DEV_OVERLAP or in_calibration(name) else "fit"
+        part = "calib" if in_calibration(name) else "fit"
         load = _derived(lambda n=name: _skimage_image(n), lambda x, r: x, 0)
         items.append(Item("skimage", "not_xray", part, f"skimage:{name}", load))
         items += _variants("skimage", "not_xray", part, f"skimage:{name}", load, n_variants, seed)
+    return items
+
+
+def _lfw(index: int) -> np.ndarray:
+    import skimage.data
+
+    img = skimage.data.lfw_subset()[index]
+    return cv2.resize(img, None, fx=LFW_SCALE, fy=LFW_SCALE, interpolation=cv2.INTER_CUBIC)
+
+
+def lfw_items() -> list[Item]:
+    """scikit-image's LFW subset: 100 faces and 100 background crops of news photos, all
+    grey: the everyday grey photos the other sources lack (a grey photo is not an X-ray)."""
+    items = []
+    for i in range(200):
+        part = "calib" if in_calibration(f"lfw{i}") else "fit"
+        load = _derived(lambda i=i: _lfw(i), lambda x, r: x, 0)
+        items.append(Item("skimage_lfw", "not_xray", part, f"lfw:{i}x{LFW_SCALE}", load))
     return items
 
 
@@ -367,6 +403,7 @@ def all_items(data_dir: Path, n_fit: int, n_calib: int, n_variants: int, seed: i
         kermany_items(data_dir, n_fit, n_calib, seed)
         + pydicom_items(n_variants, seed)
         + skimage_items(3 * n_variants, seed)  # few pictures: more crops of each
+        + lfw_items()
         + package_photo_items(3 * n_variants, seed)
         + document_items(10 * n_variants, seed)
     )
