@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -435,6 +437,37 @@ def test_gate_fit_command_needs_a_study_folder(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "no study folder" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _option_help(text: str) -> dict[str, str]:
+    """argparse's options section as {flag: its help text, whitespace collapsed}."""
+    entry = re.compile(r"(?P<flags>(?:-[-\w]+, )*-[-\w]+)(?: [A-Z_]+(?= |$))?(?P<help>.*)")
+    out = {}
+    for block in re.split(r"\n  (?=-)", text.split("options:", 1)[1])[1:]:
+        m = entry.fullmatch(" ".join(block.split()))
+        assert m, block
+        out[m["flags"].split(", ")[-1]] = m["help"].strip()
+    return out
+
+
+def test_gate_fit_help_explains_every_option() -> None:
+    from study.gate.fit import GateFitConfig
+
+    out = subprocess.run(
+        [sys.executable, "run_study.py", "gate", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    ).stdout
+    helps = _option_help(out)
+    flags = {f"--{f.name.replace('_', '-')}": f.default for f in fields(GateFitConfig)}
+    assert set(helps) == {"--help", "--study", "--data-dir", *flags}
+    assert all(helps.values()), helps
+    for flag, default in flags.items():
+        assert helps[flag].endswith(f"(default: {default})"), helps[flag]
+    assert "PNEUMOSCOPE_DATA_DIR" in helps["--data-dir"] and "default: " in helps["--data-dir"]
 
 
 def test_raw_dicom_with_an_unknown_value_representation_is_not_an_image() -> None:
