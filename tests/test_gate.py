@@ -405,6 +405,28 @@ def test_cli_prints_one_json_line_per_file(samples_dir: Path, gate_path: Path) -
         assert {"chest_distance", "chest_probability"} <= set(chest["scores"])
 
 
+def test_cli_stdout_is_only_json_lines(samples_dir: Path, gate_path: Path, tmp_path: Path) -> None:
+    """Pipes get one JSON object per file and nothing else; stderr carries no TensorFlow
+    start-up noise (the gate runs on LiteRT and never imports TensorFlow)."""
+    files = [samples_dir / "natural" / "coffee.png", tmp_path / "missing.png"]
+    files.append(samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm")
+    out = subprocess.run(
+        [sys.executable, "-m", "service.gate", "--gate", str(gate_path), *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.endswith("\n")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert [line["code"] for line in lines] == ["not_xray", "unreadable", None]
+    for noise in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "deprecated", "Traceback"):
+        assert noise not in out.stderr, out.stderr
+
+
 def test_worker_without_a_fitted_gate_does_not_start(tmp_path: Path) -> None:
     """Readiness: a worker whose winner has no gate beside it exits with the fix, never fits."""
     from tests.service_support import clean_environ, make_tiny_winner

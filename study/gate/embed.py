@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from study.models.efficientnet_lite_constants import HEAD_FILTERS, MEAN_RGB, STDDEV_RGB
+
 EMBED_SIZE = 224
 BACKBONE_FILE = "backbone.tflite"
 RUNTIME = "litert-xnnpack-1thread"  # part of a saved gate's signature
@@ -66,8 +68,6 @@ class Embedder:
     def __init__(self, backbone: Path) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        from study.models.efficientnet_lite import MEAN_RGB, STDDEV_RGB
-
         self._shift, self._scale = np.float32(MEAN_RGB[0]), np.float32(STDDEV_RGB[0])
         self._it = Interpreter(model_path=str(backbone), num_threads=1)
         self._it.allocate_tensors()
@@ -91,9 +91,7 @@ class Embedder:
 
 
 def embedding_dim() -> int:
-    """Width of the features (the backbone's head); imports Keras, so only when fitting/loading."""
-    from study.models.efficientnet_lite import HEAD_FILTERS
-
+    """Width of the features (the backbone's head)."""
     return HEAD_FILTERS
 
 
