@@ -10,10 +10,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import struct
 import subprocess
 import sys
 import zlib
+from dataclasses import fields
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -403,6 +405,28 @@ def test_cli_prints_one_json_line_per_file(samples_dir: Path, gate_path: Path) -
         assert {"chest_distance", "chest_probability"} <= set(chest["scores"])
 
 
+def test_cli_stdout_is_only_json_lines(samples_dir: Path, gate_path: Path, tmp_path: Path) -> None:
+    """Pipes get one JSON object per file and nothing else; stderr carries no TensorFlow
+    start-up noise (the gate runs on LiteRT and never imports TensorFlow)."""
+    files = [samples_dir / "natural" / "coffee.png", tmp_path / "missing.png"]
+    files.append(samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm")
+    out = subprocess.run(
+        [sys.executable, "-m", "service.gate", "--gate", str(gate_path), *map(str, files)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=dict(os.environ, PYTHONPATH=str(REPO)),
+        timeout=120,
+        check=True,
+    )
+    assert out.stdout.endswith("\n")
+    lines = [json.loads(line) for line in out.stdout.splitlines()]
+    assert [line["file"] for line in lines] == [str(f) for f in files]
+    assert [line["code"] for line in lines] == ["not_xray", "unreadable", None]
+    for noise in ("oneDNN", "absl::InitializeLog", "cpu_feature_guard", "deprecated", "Traceback"):
+        assert noise not in out.stderr, out.stderr
+
+
 def test_worker_without_a_fitted_gate_does_not_start(tmp_path: Path) -> None:
     """Readiness: a worker whose winner has no gate beside it exits with the fix, never fits."""
     from tests.service_support import clean_environ, make_tiny_winner
@@ -435,6 +459,37 @@ def test_gate_fit_command_needs_a_study_folder(tmp_path: Path) -> None:
     )
     assert out.returncode == 2 and "no study folder" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+def _option_help(text: str) -> dict[str, str]:
+    """argparse's options section as {flag: its help text, whitespace collapsed}."""
+    entry = re.compile(r"(?P<flags>(?:-[-\w]+, )*-[-\w]+)(?: [A-Z_]+(?= |$))?(?P<help>.*)")
+    out = {}
+    for block in re.split(r"\n  (?=-)", text.split("options:", 1)[1])[1:]:
+        m = entry.fullmatch(" ".join(block.split()))
+        assert m, block
+        out[m["flags"].split(", ")[-1]] = m["help"].strip()
+    return out
+
+
+def test_gate_fit_help_explains_every_option() -> None:
+    from study.gate.fit import GateFitConfig
+
+    out = subprocess.run(
+        [sys.executable, "run_study.py", "gate", "fit", "--help"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        timeout=120,
+        check=True,
+    ).stdout
+    helps = _option_help(out)
+    flags = {f"--{f.name.replace('_', '-')}": f.default for f in fields(GateFitConfig)}
+    assert set(helps) == {"--help", "--study", "--data-dir", *flags}
+    assert all(helps.values()), helps
+    for flag, default in flags.items():
+        assert helps[flag].endswith(f"(default: {default})"), helps[flag]
+    assert "PNEUMOSCOPE_DATA_DIR" in helps["--data-dir"] and "default: " in helps["--data-dir"]
 
 
 def test_raw_dicom_with_an_unknown_value_representation_is_not_an_image() -> None:

@@ -10,8 +10,9 @@ the last feature map.
 Why TensorFlow Lite: one image at a time, the Keras graph spends most of its time
 dispatching ops (about 30 ms on this shared machine); the same network as a TFLite
 model (XNNPACK, one thread) takes about 15 ms, with the same features to 1e-5. The
-fit converts the backbone once and stores it in the gate folder; fitting and serving
-both run it.
+fit converts the backbone once with TensorFlow's converter and stores it in the gate
+folder; fitting and serving both run it on the LiteRT interpreter (``ai_edge_litert``,
+the maintained successor of the deprecated ``tf.lite.Interpreter``).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
+from study.models.efficientnet_lite_constants import HEAD_FILTERS, MEAN_RGB, STDDEV_RGB
+
 EMBED_SIZE = 224
 BACKBONE_FILE = "backbone.tflite"
-RUNTIME = "tflite-xnnpack-1thread"
+RUNTIME = "litert-xnnpack-1thread"  # part of a saved gate's signature
 
 _LOCK = threading.Lock()
 _EMBEDDERS: dict[str, Embedder] = {}
@@ -60,15 +63,13 @@ def convert_backbone(weights: Path, out: Path) -> Path:
 
 
 class Embedder:
-    """One TFLite interpreter (not thread-safe: calls are serialised)."""
+    """One LiteRT interpreter (not thread-safe: calls are serialised)."""
 
     def __init__(self, backbone: Path) -> None:
-        import tensorflow as tf
-
-        from study.models.efficientnet_lite import MEAN_RGB, STDDEV_RGB
+        from ai_edge_litert.interpreter import Interpreter
 
         self._shift, self._scale = np.float32(MEAN_RGB[0]), np.float32(STDDEV_RGB[0])
-        self._it = tf.lite.Interpreter(model_path=str(backbone), num_threads=1)
+        self._it = Interpreter(model_path=str(backbone), num_threads=1)
         self._it.allocate_tensors()
         self._in = self._it.get_input_details()[0]["index"]
         self._out = self._it.get_output_details()[0]["index"]
@@ -90,9 +91,7 @@ class Embedder:
 
 
 def embedding_dim() -> int:
-    """Width of the features (the backbone's head); imports Keras, so only when fitting/loading."""
-    from study.models.efficientnet_lite import HEAD_FILTERS
-
+    """Width of the features (the backbone's head)."""
     return HEAD_FILTERS
 
 

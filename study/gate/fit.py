@@ -32,7 +32,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ from study.gate.model import (
 )
 from study.gate.scalar import FEATURES, GateFeatures, compute_features
 from study.gate.sources import KINDS, Item, all_items, is_radiograph, safe_load
-from study.paths import DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR
+from study.paths import DATA_DIR_ENV, DEFAULT_CACHE_DIR, DEFAULT_DATA_DIR
 
 XRAY_MARGIN = 2.0
 QUALITY_MARGIN = 1.0
@@ -65,12 +65,31 @@ CHEST_SOURCES = ("kermany", "kermany_adult_like")  # the chest thresholds' calib
 class GateFitConfig:
     """How much data the gate fit uses; the defaults take a few minutes on two cores."""
 
-    n_fit: int = 1500  # Kermany train films (each also gives an adult-like copy)
-    n_calib: int = 500  # Kermany val films (likewise)
-    n_variants: int = 10  # random crops/flips/grey copies per negative picture
-    seed: int = 0
-    target_acceptance: float = 0.995
-    c: float = 0.05  # inverse L2 strength of the logistic regression
+    n_fit: int = field(
+        default=1500,
+        metadata={"help": "Kermany train films to fit on (each also gives an adult-like copy)"},
+    )
+    n_calib: int = field(
+        default=500,
+        metadata={"help": "Kermany val films to calibrate on (each also gives an adult-like copy)"},
+    )
+    n_variants: int = field(
+        default=10, metadata={"help": "random crops/flips/grey copies per negative picture"}
+    )
+    seed: int = field(
+        default=0, metadata={"help": "random seed of the film subsets and the copies"}
+    )
+    target_acceptance: float = field(
+        default=0.995,
+        metadata={
+            "help": "each chest threshold sits midway between this quantile of the "
+            "calibration chest films and that of the non-chest images"
+        },
+    )
+    c: float = field(
+        default=0.05,
+        metadata={"help": "inverse L2 strength of the chest classifier's logistic regression"},
+    )
 
 
 @dataclass
@@ -403,15 +422,30 @@ def main(argv: list[str] | None = None) -> int:
     """``run_study.py gate fit --study results/<study>``: one JSON summary line."""
     ap = argparse.ArgumentParser(prog="run_study.py gate", description=__doc__.splitlines()[0])
     sub = ap.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("fit", help="fit the input gate into <study>/gate")
+    p = sub.add_parser(
+        "fit",
+        help="fit the input gate into <study>/gate",
+        description="Fit the input gate into <study>/gate.",
+    )
     p.add_argument("--study", type=Path, required=True, help="results/<study> folder")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    for name, default in asdict(GateFitConfig()).items():
-        p.add_argument(f"--{name.replace('_', '-')}", type=type(default), default=default)
+    p.add_argument(
+        "--data-dir",
+        type=Path,
+        default=DEFAULT_DATA_DIR,
+        help="chest X-ray folder in the Kaggle layout <root>/<split>/{NORMAL,PNEUMONIA}/ "
+        f"(env {DATA_DIR_ENV}; default: %(default)s)",
+    )
+    for f in fields(GateFitConfig):
+        p.add_argument(
+            f"--{f.name.replace('_', '-')}",
+            type=type(f.default),
+            default=f.default,
+            help=f.metadata["help"] + " (default: %(default)s)",
+        )
     a = ap.parse_args(argv)
     if not a.study.is_dir():
         raise FileNotFoundError(f"no study folder {a.study}")
-    cfg = GateFitConfig(**{k: getattr(a, k) for k in asdict(GateFitConfig())})
+    cfg = GateFitConfig(**{f.name: getattr(a, f.name) for f in fields(GateFitConfig)})
     model = fit_study_gate(a.study, a.data_dir, cfg)
     summary = {"gate": str(a.study / GATE_DIR_NAME), "version": model.version}
     print(json.dumps(summary | {k: model.info[k] for k in ("rule", "rule_trials", "n_fit")}))

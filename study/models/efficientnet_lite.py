@@ -41,16 +41,11 @@ from typing import Any
 
 import keras
 
-# Inception-style normalisation of the TF EfficientNet-Lite builder
-# (efficientnet/lite/efficientnet_lite_builder.py: MEAN_RGB = [127.0] * 3,
-# STDDEV_RGB = [128.0] * 3).
-MEAN_RGB: tuple[float, float, float] = (127.0, 127.0, 127.0)
-STDDEV_RGB: tuple[float, float, float] = (128.0, 128.0, 128.0)
+from study.models.efficientnet_lite_constants import HEAD_FILTERS, MEAN_RGB, STDDEV_RGB
 
 BN_MOMENTUM = 0.99  # Keras/TF convention; PyTorch state dicts store 1 - 0.99 = 0.01
 BN_EPSILON = 1e-3
 STEM_FILTERS = 32
-HEAD_FILTERS = 1280
 DEPTH_DIVISOR = 8
 NUM_CLASSES = 1000
 
