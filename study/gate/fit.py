@@ -3,11 +3,12 @@
 Nothing is tuned by hand on the sample images (``../shared/data/samples`` is a dev
 set for the README table only). The rules:
 
-* scalar X-ray and quality thresholds: the 0.5th/99.5th percentile of the chest fit
-  films (Kermany and their adult-like copies: exposure and framing vary between
-  hospitals), widened by ``margin`` times its distance from the median (log scale for
-  scale-like features); the X-ray layer uses a wider margin (2) than the quality layer
-  (1) because it must pass radiographs the chest set never shows. Colour has a floor of
+* scalar X-ray and quality thresholds: the 0.5th/99.5th percentile of the Kermany fit
+  films (for the exposure features, of their adult-like copies too: exposure and
+  framing vary between hospitals; blur does not), widened by ``margin`` times its
+  distance from the median (log scale for scale-like features); the X-ray layer uses a
+  wider margin (2) than the quality layer (1) because it must pass radiographs the
+  chest set never shows. Colour has a floor of
   5% (coloured burned-in annotations), clipped white one of 2%. The smallest side is
   the winner's input size (a smaller film would be enlarged: detail the model was
   never shown is missing), or the smallest training film without a winner.
@@ -59,6 +60,8 @@ QUALITY_MARGIN = 1.0
 COLOUR_FLOOR = 0.05
 CLIPPED_WHITE_FLOOR = 0.02
 CHEST_SOURCES = ("kermany", "kermany_adult_like")  # the chest thresholds' calibration films
+# Vary between hospitals: their thresholds also cover the adult-like copies' exposures.
+EXPOSURE_FEATURES = ("clipped_white", "clipped_black", "contrast")
 
 
 @dataclass(frozen=True)
@@ -184,7 +187,7 @@ def _feature_threshold(values: np.ndarray, kind: str, log: bool, margin: float) 
 
 
 def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -> Threshold:
-    """One scalar feature's threshold from the chest fit values, and how it was derived."""
+    """One scalar feature's threshold from chest fit values, and how it was derived."""
     layer, kind, log = FEATURES[name]
     if name == "min_side" and input_size:
         how = f"the winner's input size ({input_size} px): a smaller film would be enlarged"
@@ -195,7 +198,8 @@ def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -
     margin = XRAY_MARGIN if layer == "xray" else QUALITY_MARGIN
     thr = _feature_threshold(values, kind, log, margin)
     pct = "99.5th" if kind == "max" else "0.5th"
-    how = f"chest fit films' {pct} percentile widened by {margin:g}x its distance from the median"
+    who = "Kermany and adult-like" if name in EXPOSURE_FEATURES else "Kermany"
+    how = f"{who} fit films' {pct} percentile widened by {margin:g}x its distance from the median"
     how += " (log scale)" if log else ""
     if name == "colour_fraction" and thr < COLOUR_FLOOR:
         thr, how = COLOUR_FLOOR, how + f"; floor {COLOUR_FLOOR:g} for coloured annotations"
@@ -203,6 +207,17 @@ def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -
         thr = CLIPPED_WHITE_FLOOR
         how += f"; floor {CLIPPED_WHITE_FLOOR:g}: a label or marker is not over-exposure"
     return Threshold(thr, kind, layer, how)
+
+
+def scalar_thresholds(fit: Features, input_size: int | None) -> dict[str, Threshold]:
+    """Every scalar feature's threshold from the Kermany fit films (exposure features:
+    and their adult-like copies)."""
+    src = fit.column("source")
+    out = {}
+    for j, name in enumerate(FEATURES):
+        films = np.isin(src, CHEST_SOURCES) if name in EXPOSURE_FEATURES else src == "kermany"
+        out[name] = feature_rule(name, fit.values[films, j], input_size)
+    return out
 
 
 def fit_detector(fit: Features, c: float) -> Detector:
@@ -347,8 +362,7 @@ def fit_gate(
     feats = featurise(items, weights, backbone, cache_dir)
     parts = feats.column("part")
     fit, calib = feats.select(parts == "fit"), feats.select(parts == "calib")
-    films = fit.select(np.isin(fit.column("source"), CHEST_SOURCES))
-    scalar = {n: feature_rule(n, films.values[:, j], input_size) for j, n in enumerate(FEATURES)}
+    scalar = scalar_thresholds(fit, input_size)
     det = fit_detector(fit, cfg.c)
     model, trials = choose_rule(scalar, det, calib, cfg.target_acceptance)
     model.info = {
