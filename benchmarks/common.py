@@ -17,6 +17,17 @@ from typing import Any
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
+# The full-resolution JPEG every latency benchmark times (1776x1416, official val split).
+SAMPLE_IMAGE = Path("kermany_full_res/val/NORMAL/NORMAL2-IM-1427-0001.jpeg")
+
+
+def sample_image() -> Path:
+    """SAMPLE_IMAGE inside the dev samples (PNEUMOSCOPE_SAMPLES_DIR or ../shared)."""
+    from study.paths import DEFAULT_SAMPLES_DIR
+
+    return DEFAULT_SAMPLES_DIR / SAMPLE_IMAGE
+
+
 def load_average() -> list[float]:
     """The 1-, 5- and 15-minute load averages, rounded for the record."""
     return [round(x, 2) for x in os.getloadavg()]

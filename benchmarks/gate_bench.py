@@ -26,10 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import load_average, write
+from benchmarks.common import load_average, sample_image, write
 
 REPO = Path(__file__).resolve().parents[1]
-DEFAULT_IMAGE = Path("kermany_full_res/val/NORMAL/NORMAL2-IM-1427-0001.jpeg")
 
 
 def stand_in_winner(study_dir: Path) -> Path:
@@ -107,7 +106,6 @@ def measure(model: Path, gate_dir: Path, data: bytes, repeats: int) -> list[dict
 
 
 def main(argv: list[str] | None = None) -> int:
-    from study.paths import env_path
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--gate", type=Path, required=True, help="fitted gate folder")
@@ -115,8 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--image", type=Path, default=None)
     ap.add_argument("--repeats", type=int, default=40)
     a = ap.parse_args(argv)
-    samples = env_path("PNEUMOSCOPE_SAMPLES_DIR", REPO.parent / "shared" / "data" / "samples")
-    image = a.image or samples / DEFAULT_IMAGE
+    image = a.image or sample_image()
     load_start = load_average()
     with tempfile.TemporaryDirectory() as tmp:
         from study.select.model_io import newest_winner

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import time
 from collections import Counter
 from pathlib import Path
@@ -26,13 +25,9 @@ from typing import Any
 from benchmarks.common import header, load_average, machine
 from service.gate import LAYER_CODES, default_model, run_gate
 from service.settings import Settings
+from study.paths import DEFAULT_SAMPLES_DIR
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _default_samples() -> Path:
-    p = Path(os.environ.get("PNEUMOSCOPE_SAMPLES_DIR", Path("..") / "shared/data/samples"))
-    return p if p.is_absolute() else (REPO / p).resolve()
 
 
 def gate_table(samples_dir: Path, gate_path: Path | None = None) -> dict[str, Any]:
@@ -137,14 +132,21 @@ def to_markdown(table: dict[str, Any]) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--samples-dir", type=Path, default=_default_samples())
+    ap.add_argument(
+        "--samples-dir",
+        type=Path,
+        default=DEFAULT_SAMPLES_DIR,
+        help="dev samples folder (default: PNEUMOSCOPE_SAMPLES_DIR, else ../shared/data/samples)",
+    )
     ap.add_argument(
         "--gate",
         type=Path,
         default=None,
         help="gate folder (default: GATE_DIR, else beside the winner)",
     )
-    ap.add_argument("--out-dir", type=Path, default=REPO / "benchmarks" / "results")
+    ap.add_argument(
+        "--out-dir", type=Path, default=REPO / "benchmarks" / "results", help="where to write"
+    )
     a = ap.parse_args(argv)
     load_start = load_average()
     table = gate_table(a.samples_dir, a.gate)

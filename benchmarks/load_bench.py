@@ -31,7 +31,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
-from benchmarks.common import load_average, write  # noqa: E402
+from benchmarks.common import load_average, sample_image, write  # noqa: E402
 from benchmarks.service_bench import pct  # noqa: E402
 from tests.service_support import (  # noqa: E402
     Postgres,
@@ -243,7 +243,6 @@ def run(args: argparse.Namespace) -> tuple[dict[str, Any], list[float]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    import os
 
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--uploads", type=int, default=1000)
@@ -255,11 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", type=Path, default=None, help="default: a tiny untrained CNN")
     p.add_argument("--image", type=Path, default=None, help="default: a full-resolution sample")
     args = p.parse_args(argv)
-    if args.image is None:
-        samples = Path(
-            os.environ.get("PNEUMOSCOPE_SAMPLES_DIR", REPO.parent / "shared/data/samples")
-        )
-        args.image = sorted((samples / "kermany_full_res" / "val" / "NORMAL").glob("*.jpeg"))[0]
+    args.image = args.image or sample_image()
     row, load_start = run(args)
     table = [{"measure": k.replace("_", " "), "value": str(v)} for k, v in row.items()]
     write("load", table, extra={"result": row}, load_start=load_start)

@@ -30,6 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:
     sys.path.insert(0, str(REPO))
 
+from benchmarks.common import sample_image  # noqa: E402
 from tests.service_support import (  # noqa: E402
     Postgres,
     Redis,
@@ -358,11 +359,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--n", type=int, default=30, help="sequential runs per latency figure")
     p.add_argument("--burst", type=int, default=40, help="uploads per throughput burst")
     args = p.parse_args(argv)
-    if args.image is None:
-        samples = Path(
-            os.environ.get("PNEUMOSCOPE_SAMPLES_DIR", REPO.parent / "shared/data/samples")
-        )
-        args.image = sorted((samples / "kermany_full_res" / "val" / "NORMAL").glob("*.jpeg"))[0]
+    args.image = args.image or sample_image()
     res = run(args)
     OUT.mkdir(parents=True, exist_ok=True)
     stem = "service_bench" if args.backend == "sqlite" else f"service_bench_{args.backend}"
