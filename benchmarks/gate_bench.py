@@ -17,6 +17,7 @@ pass and Grad-CAM does not depend on the weight values).
 from __future__ import annotations
 
 import argparse
+import json
 import statistics
 import tempfile
 import time
@@ -105,6 +106,13 @@ def measure(model: Path, gate_dir: Path, data: bytes, repeats: int) -> list[dict
     return [row(name, t) for name, t in zip(steps, ms, strict=True)]
 
 
+def winner_label(model: Path) -> str:
+    """``<study>/winner: <trial or members>, <size> px``, from the winner's winner.json."""
+    info = json.loads((Path(model) / "winner.json").read_text())
+    what = " + ".join(info.get("members") or []) or info.get("family")
+    return f"{Path(model).resolve().parent.name}/winner: {what}, {info.get('image_size')} px"
+
+
 def main(argv: list[str] | None = None) -> int:
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -119,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         from study.select.model_io import newest_winner
 
         model = a.model or newest_winner(REPO / "results")
-        label = str(model) if model else "stand-in EfficientNet-Lite0 224 px, random weights"
+        label = winner_label(model) if model else "stand-in EfficientNet-Lite0 224 px, random"
         model = model or stand_in_winner(Path(tmp))
         data = image.read_bytes()
         rows = measure(model, a.gate, data, a.repeats)
