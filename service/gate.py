@@ -44,6 +44,9 @@ import cv2
 
 from service.settings import Settings
 from study.serving import (
+    CHEST_BODY_PARTS,
+    SAFE_FIELDS,
+    XRAY_MODALITIES,
     Decoded,
     GateModel,
     GateUnavailableError,
@@ -74,8 +77,7 @@ class Refusal(StrEnum):
     LOW_QUALITY = "low_quality"
 
 
-# DICOM: modalities that are chest radiographs; others are refused on the header alone.
-XRAY_MODALITIES = {"CR", "DX", "DR"}
+# DICOM: modalities other than radiographs (XRAY_MODALITIES) are refused on the header alone.
 UNKNOWN_MODALITIES = {"", "OT", "SC"}  # "other"/secondary capture: let the pixels decide
 MODALITY_NAMES = {
     "CT": "a CT scan",
@@ -92,8 +94,7 @@ MODALITY_NAMES = {
     "SM": "a microscopy slide",
     "ES": "an endoscopy image",
 }
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORSO")
-DICOM_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+DICOM_FIELDS = SAFE_FIELDS
 SAFE_META = DICOM_FIELDS
 SAFE_META += ("transfer_syntax", "bit_depth")
 

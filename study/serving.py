@@ -34,7 +34,13 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from study.data.dicom import deidentify_dicom, dicom_header
+from study.data.dicom import (
+    CHEST_BODY_PARTS,
+    SAFE_FIELDS,
+    XRAY_MODALITIES,
+    deidentify_dicom,
+    dicom_header,
+)
 from study.data.metadata import strip_metadata
 from study.data.preprocess import (
     MAX_PIXELS,
@@ -67,6 +73,9 @@ if TYPE_CHECKING:
     from study.data.records import make_splits, scan
 
 __all__ = [
+    "CHEST_BODY_PARTS",
+    "SAFE_FIELDS",
+    "XRAY_MODALITIES",
     "DEFAULT_DATA_DIR",
     "GATE_DIR_NAME",
     "GateModel",

@@ -35,6 +35,10 @@ import numpy as np
 
 # Fields safe to store and log (no patient identifiers).
 SAFE_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInterpretation")
+# Modalities of projection radiographs (computed, digital, direct), and the body-part
+# words of a chest film: the input gate's header check and its sources share them.
+XRAY_MODALITIES = frozenset({"CR", "DX", "DR"})
+CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORSO")
 # Most reads one parse may make (about 2-3 per element): bounds the parser's memory and
 # time (a chest X-ray has a few hundred elements; enhanced multi-frame files some thousands).
 MAX_DICOM_READS = 200_000

@@ -9,13 +9,14 @@ Kinds (the classes of the discriminative score):
   refusal reason of its own, "rotated, please upload it upright".
 * ``other_medical``: pydicom-data's MR, CT, ultrasound, nuclear medicine, segmentation
   and lower-leg X-ray images (MIT), plus random crops and flips of them.
+* ``not_xray``: scikit-image's bundled photos, text and scientific images and its LFW
+  subset of grey photos (BSD-3), pydicom-data's secondary-capture photos and colour
+  test patterns, in colour and grey, and synthetic documents/screenshots (random text,
+  boxes and bars).
 
 The X-ray layer asks another question, "is it a radiograph?" (:func:`is_radiograph`):
 chest films (turned or not) and the lower-leg X-ray are; MR, CT, ultrasound, photos,
 documents and screenshots are not, so a grey photo is told it is not an X-ray.
-* ``not_xray``: scikit-image's bundled photos, text and scientific images (BSD-3),
-  pydicom-data's secondary-capture photos and colour test patterns, in colour and grey,
-  and synthetic documents/screenshots (random text, boxes and bars).
 
 Every non-Kermany source is split by a hash of its image group (one image stored in
 several encodings is one group), so no calibration image was fitted in any encoding.
@@ -34,6 +35,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from study.data.dicom import CHEST_BODY_PARTS, XRAY_MODALITIES
 from study.data.preprocess import ImageDecodeError, decode, to_grayscale, window
 
 KINDS = ("chest", "rotated_chest", "other_medical", "not_xray")
@@ -41,7 +43,6 @@ KINDS = ("chest", "rotated_chest", "other_medical", "not_xray")
 # X-rays of other body parts. MR, CT, ultrasound, photos and documents are not.
 RADIOGRAPH_KINDS = ("chest", "rotated_chest")
 RADIOGRAPH_SOURCES = ("pydicom_xray",)
-XRAY_MODALITIES = ("CR", "DX")
 CALIB_SHARE = 0.34  # share of each non-Kermany source's image groups held out
 # scikit-image pictures that ../shared/data/samples also holds: never used.
 SKIMAGE_DEV_OVERLAP = ("astronaut", "camera", "coffee", "moon", "page", "retina")
@@ -218,7 +219,8 @@ def pydicom_files() -> list[Path]:
 def _dicom_kind(modality: str, body: str) -> tuple[str, str] | None:
     """(source, kind) of a pydicom-data file by its header, None for files left out."""
     if modality in XRAY_MODALITIES:
-        return ("pydicom_chest", "chest") if "CHEST" in body else ("pydicom_xray", "other_medical")
+        chest = any(p in body for p in CHEST_BODY_PARTS)
+        return ("pydicom_chest", "chest") if chest else ("pydicom_xray", "other_medical")
     if modality in PYDICOM_OTHER_MEDICAL:
         return "pydicom_other", "other_medical"
     if modality == "OT":
