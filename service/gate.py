@@ -46,6 +46,7 @@ from service.settings import Settings
 from study.serving import (
     CHEST_BODY_PARTS,
     SAFE_FIELDS,
+    UNKNOWN_BODY_PARTS,
     XRAY_MODALITIES,
     Decoded,
     GateModel,
@@ -340,7 +341,7 @@ def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
         msg = f"the DICOM header says this is {what} (Modality {modality}), not a chest X-ray"
     elif modality:
         checks["dicom_modality"] = _check(modality, "CR|DX", "in", True, "chest")
-    if body:
+    if body not in UNKNOWN_BODY_PARTS:
         ok = any(p in body for p in CHEST_BODY_PARTS)
         checks["dicom_body_part"] = _check(body, "CHEST", "in", ok, "chest")
         if not ok and msg is None:

@@ -37,6 +37,7 @@ from typing import TYPE_CHECKING, Any
 from study.data.dicom import (
     CHEST_BODY_PARTS,
     SAFE_FIELDS,
+    UNKNOWN_BODY_PARTS,
     XRAY_MODALITIES,
     deidentify_dicom,
     dicom_header,
@@ -75,6 +76,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CHEST_BODY_PARTS",
     "SAFE_FIELDS",
+    "UNKNOWN_BODY_PARTS",
     "XRAY_MODALITIES",
     "DEFAULT_DATA_DIR",
     "GATE_DIR_NAME",

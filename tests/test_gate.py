@@ -293,6 +293,17 @@ def test_dicom_body_part_other_than_chest(samples_dir: Path, gate: GateModel) ->
     assert not r.checks["dicom_body_part"]["passed"] and r.checks["dicom_modality"]["passed"]
 
 
+@pytest.mark.parametrize("body", ["PORTABLE CHEST", "THORAX", "TORAX", "BRUSTKORB", "UNKNOWN"])
+def test_free_text_chest_body_parts_are_not_refused(
+    samples_dir: Path, gate: GateModel, body: str
+) -> None:
+    """BodyPartExamined is free text: chest words in other spellings and languages, or a
+    non-committal value, leave the decision to the pixels (a chest film: accepted)."""
+    dx = samples_dir / "dicom" / "chest_DX_nih_nofinding.dcm"
+    r = run_gate(_edited(dx, BodyPartExamined=body), None, gate)
+    assert r.accepted, (body, r.code, r.message)
+
+
 # ------------------------------------------------------------------ layers 2-3: content
 
 

@@ -38,7 +38,12 @@ SAFE_FIELDS = ("Modality", "BodyPartExamined", "ViewPosition", "PhotometricInter
 # Modalities of projection radiographs (computed, digital, direct), and the body-part
 # words of a chest film: the input gate's header check and its sources share them.
 XRAY_MODALITIES = frozenset({"CR", "DX", "DR"})
-CHEST_BODY_PARTS = ("CHEST", "THORAX", "LUNG", "TORSO")
+# BodyPartExamined is free text in practice ("PORTABLE CHEST", "THORACIC", "TORAX",
+# "BRUSTKORB"...): a value holding any of these is a chest; an empty or non-committal
+# value leaves the decision to the pixels.
+CHEST_BODY_PARTS = ("CHEST", "THORA", "TORA", "LUNG", "TORSO", "CXR", "BRUST", "PECHO")
+CHEST_BODY_PARTS += ("POITRINE",)
+UNKNOWN_BODY_PARTS = frozenset({"", "UNKNOWN", "OTHER", "NONE", "N/A", "NA", "-"})
 # Most reads one parse may make (about 2-3 per element): bounds the parser's memory and
 # time (a chest X-ray has a few hundred elements; enhanced multi-frame files some thousands).
 MAX_DICOM_READS = 200_000
