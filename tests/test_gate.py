@@ -419,6 +419,35 @@ def test_blurred_image_low_quality(samples_dir: Path, gate: GateModel) -> None:
     assert "blur" in r.message
 
 
+@pytest.mark.parametrize("fill", [255, 0])
+def test_film_with_collimation_borders_accepted(
+    samples_dir: Path, gate: GateModel, fill: int
+) -> None:
+    """White (unexposed) or black borders around a film are framing, not a document
+    background or over-exposure: the area checks measure inside the content box."""
+    img = _val_image(samples_dir)
+    b = img.shape[1] // 12
+    framed = cv2.copyMakeBorder(img, b, b, b, b, cv2.BORDER_CONSTANT, value=fill)
+    r = run_gate(_png(framed), None, gate)
+    assert r.accepted, (r.code, r.message)
+
+
+def test_content_box_trims_flat_edges_only() -> None:
+    from study.gate.scalar import content_box
+
+    rng = np.random.default_rng(0)
+    img = np.full((224, 224), 255, np.uint8)
+    img[30:200, 50:180] = rng.integers(0, 200, (170, 130))
+    rows, cols = content_box(img)
+    assert (rows.start, rows.stop, cols.start, cols.stop) == (30, 200, 50, 180)
+    flat = np.full((224, 224), 255, np.uint8)  # nothing but border: kept whole
+    assert content_box(flat) == (slice(0, 224), slice(0, 224))
+    img[:, :] = 255
+    img[:, 100:102] = 0  # a thin line: at most MAX_BORDER of each side is trimmed
+    rows, cols = content_box(img)
+    assert cols.start <= int(224 * 0.35) and cols.stop >= 224 - int(224 * 0.35)
+
+
 def test_tiny_image_low_quality(samples_dir: Path, gate: GateModel) -> None:
     img = cv2.resize(_val_image(samples_dir), (150, 120), interpolation=cv2.INTER_AREA)
     r = run_gate(_png(img), None, gate)

@@ -4,8 +4,8 @@ Nothing is tuned by hand on the sample images (``../shared/data/samples`` is a d
 set for the README table only). The rules:
 
 * scalar X-ray and quality thresholds: the 0.5th/99.5th percentile of the Kermany fit
-  films (for the exposure features, of their adult-like copies too: exposure and
-  framing vary between hospitals; blur does not), widened by ``margin`` times its
+  films (for the exposure and framing features, of their adult-like copies too: these
+  vary between hospitals; blur and detail do not), widened by ``margin`` times its
   distance from the median (log scale for scale-like features); the X-ray layer uses a
   wider margin (2) than the quality layer (1) because it must pass radiographs the
   chest set never shows. Colour has a floor of
@@ -60,8 +60,8 @@ QUALITY_MARGIN = 1.0
 COLOUR_FLOOR = 0.05
 CLIPPED_WHITE_FLOOR = 0.02
 CHEST_SOURCES = ("kermany", "kermany_adult_like")  # the chest thresholds' calibration films
-# Vary between hospitals: their thresholds also cover the adult-like copies' exposures.
-EXPOSURE_FEATURES = ("clipped_white", "clipped_black", "contrast")
+# Vary with exposure and framing between hospitals: fitted on the adult-like copies too.
+HOSPITAL_FEATURES = ("white_fraction", "clipped_white", "clipped_black", "contrast")
 
 
 @dataclass(frozen=True)
@@ -198,7 +198,7 @@ def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -
     margin = XRAY_MARGIN if layer == "xray" else QUALITY_MARGIN
     thr = _feature_threshold(values, kind, log, margin)
     pct = "99.5th" if kind == "max" else "0.5th"
-    who = "Kermany and adult-like" if name in EXPOSURE_FEATURES else "Kermany"
+    who = "Kermany and adult-like" if name in HOSPITAL_FEATURES else "Kermany"
     how = f"{who} fit films' {pct} percentile widened by {margin:g}x its distance from the median"
     how += " (log scale)" if log else ""
     if name == "colour_fraction" and thr < COLOUR_FLOOR:
@@ -210,12 +210,12 @@ def feature_rule(name: str, values: np.ndarray, input_size: int | None = None) -
 
 
 def scalar_thresholds(fit: Features, input_size: int | None) -> dict[str, Threshold]:
-    """Every scalar feature's threshold from the Kermany fit films (exposure features:
-    and their adult-like copies)."""
+    """Every scalar feature's threshold from the Kermany fit films (HOSPITAL_FEATURES: and
+    their adult-like copies)."""
     src = fit.column("source")
     out = {}
     for j, name in enumerate(FEATURES):
-        films = np.isin(src, CHEST_SOURCES) if name in EXPOSURE_FEATURES else src == "kermany"
+        films = np.isin(src, CHEST_SOURCES) if name in HOSPITAL_FEATURES else src == "kermany"
         out[name] = feature_rule(name, fit.values[films, j], input_size)
     return out
 

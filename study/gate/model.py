@@ -37,7 +37,7 @@ from study.gate.embed import BACKBONE_FILE, EMBED_SIZE, RUNTIME, embedder, embed
 from study.gate.scalar import FEATURES, WORK_SIZE, GateFeatures, compute_features
 from study.gate.sources import KINDS
 
-FORMAT_VERSION = 4
+FORMAT_VERSION = 5
 GATE_DIR_NAME = "gate"  # results/<study>/gate, beside the winner
 LAYERS = ("xray", "chest", "quality")  # the order in which a failing layer refuses
 RULES = ("both", "distance", "probability")  # preference order on ties

@@ -1,13 +1,15 @@
 """The input gate's hand-made features (X-ray and quality layers), via :mod:`study.data.preprocess`.
 
-Every feature is measured on a *working image*: the greyscale pixels resampled
-to 224x224 (``resize(..., "stretch")``) and then windowed. The training copies
-are exactly 224x224 stretched, so a full-resolution upload is measured on the
-same grid as the images the thresholds were learned from; this is what makes
-blur and "fine detail" comparable between a 3000 px upload and a 224 px
-training copy. The training copies were also smoothed by their resizer and JPEG,
-so sharpness is measured after a small Gaussian (sigma 1 px), which removes the
-band where full-resolution uploads and training copies differ.
+Every feature is measured on a *working image*: the greyscale pixels resampled to
+224x224 (``resize(..., "stretch")``) and then windowed. The area shares (white
+background, clipped white and black) are measured inside the content box, without flat
+edge strips: collimation borders and padding are common on films from other hospitals.
+The training copies are exactly 224x224 stretched, so a full-resolution upload is
+measured on the same grid as the images the thresholds were learned from; this is what
+makes blur and "fine detail" comparable between a 3000 px upload and a 224 px training
+copy. The training copies were also smoothed by their resizer and JPEG, so sharpness is
+measured after a small Gaussian (sigma 1 px), which removes the band where full-
+resolution uploads and training copies differ.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ CLIP_HIGH = 254  # raw 8-bit level counted as clipped white
 CLIP_LOW = 1  # raw 8-bit level counted as clipped black
 CLIP_BLUR = 5  # px box filter on the 224 image before counting clipped pixels
 SHARPNESS_SIGMA = 1.0
+BORDER_STD = 4.0  # a row or column of the 8-bit image this flat is a border, not content
+MAX_BORDER = 0.35  # at most this share of a side is trimmed as border
 
 # name -> (layer, "max" or "min", log-scale?) ; thresholds are fitted in study.gate.fit.
 FEATURES: dict[str, tuple[str, str, bool]] = {
@@ -76,6 +80,22 @@ def _raw8(small: np.ndarray) -> np.ndarray:
     return np.rint((g - lo) * (255.0 / (hi - lo))).astype(np.uint8)
 
 
+def content_box(img: np.ndarray) -> tuple[slice, slice]:
+    """The image without its flat edge strips (collimation borders, padding, letterbox
+    bars): a film with white unexposed borders is not a document, nor over-exposed."""
+    h, w = img.shape
+    f = img.astype(np.float32)
+
+    def span(stds: np.ndarray, n: int) -> slice:
+        live = np.flatnonzero(stds > BORDER_STD)
+        if live.size == 0:
+            return slice(0, n)
+        cap = int(n * MAX_BORDER)
+        return slice(min(int(live[0]), cap), max(int(live[-1]) + 1, n - cap))
+
+    return span(f.std(axis=1), h), span(f.std(axis=0), w)
+
+
 def compute_features(pixels: np.ndarray) -> GateFeatures:
     """All gate features from decoded pixels (HxW or HxWxC, any depth)."""
     h, w = pixels.shape[:2]
@@ -88,12 +108,15 @@ def compute_features(pixels: np.ndarray) -> GateFeatures:
     raw = _raw8(small)
     # Clipping counts areas, not strokes: thin burned-in text and markers blur away.
     blurred = cv2.blur(raw, (CLIP_BLUR, CLIP_BLUR))
+    # Area shares are measured inside the content: borders are neither page nor exposure.
+    box = content_box(raw)
+    blurred, inner = blurred[box], work[box]
 
     smooth = cv2.GaussianBlur(wf, (0, 0), SHARPNESS_SIGMA)
     detail = float(cv2.Laplacian(smooth, cv2.CV_32F).var())
     values = {
         "colour_fraction": _colour_fraction(pixels),
-        "white_fraction": float((work >= WHITE_LEVEL).mean()),
+        "white_fraction": float((inner >= WHITE_LEVEL).mean()),
         "edge_density": float((cv2.Canny(work, 100, 200) > 0).mean()),
         "fine_detail": detail,
         "min_side": float(min(h, w)),

@@ -71,7 +71,7 @@ SKIMAGE_NAMES = (
 LFW_SCALE = 4  # scikit-image's 25x25 LFW crops, enlarged to 100 px: small grey photos
 PYDICOM_OTHER_MEDICAL = {"MR", "CT", "US", "NM", "SEG"}
 GREY_SHARE = 0.7  # colour pictures' variants made grey: grey photos must read as photos
-AUG_VERSION = 2  # in the keys of augmented items: bump when an augmentation changes
+AUG_VERSION = 3  # in the keys of augmented items: bump when an augmentation changes
 MIN_SIDE = 64  # smaller test files (3x3, 10x10 dose grids) are not pictures
 
 
@@ -108,8 +108,9 @@ def _warp(img: np.ndarray, m: np.ndarray, border: int, fill: int) -> np.ndarray:
 
 
 def adult_like(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """Move a pediatric film towards an adult one: wider field of view (zoom out), another
-    aspect ratio, a tilt of up to 10 degrees, another exposure, sometimes mirrored."""
+    """Move a pediatric film towards an adult one: wider field of view (zoom out) with a
+    dark or white border, another aspect ratio, a tilt of up to 10 degrees, another
+    exposure, sometimes mirrored."""
     g = window(to_grayscale(img))
     h, w = g.shape
     zoom = rng.uniform(0.65, 1.1)
@@ -118,7 +119,8 @@ def adult_like(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     m[:, :2] = m[:, :2] @ np.diag([zoom * aspect**0.5, zoom / aspect**0.5])
     m[:, 2] += np.array([w / 2, h / 2]) - m[:, :2] @ np.array([w / 2, h / 2])
     border = cv2.BORDER_REPLICATE if rng.random() < 0.5 else cv2.BORDER_CONSTANT
-    out = _warp(g, m, border, int(rng.integers(0, 40)))
+    fill = int(rng.integers(0, 40)) if rng.random() < 0.5 else int(rng.integers(215, 256))
+    out = _warp(g, m, border, fill)  # dark or white (unexposed) collimation borders
     gamma = np.exp(rng.uniform(np.log(0.6), np.log(1.6)))
     out = (255.0 * (out / 255.0) ** gamma).astype(np.uint8)
     return out[:, ::-1].copy() if rng.random() < 0.3 else out
@@ -180,7 +182,7 @@ def kermany_items(data_dir: Path, n_fit: int, n_calib: int, seed: int) -> list[I
                     "kermany_adult_like",
                     "chest",
                     part,
-                    f"{p}#adult{s}",
+                    f"{p}#adult{AUG_VERSION}.{s}",
                     _derived(load, adult_like, s),
                 )
             )
