@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import hashlib
 import signal
+import sqlite3
+import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import closing, contextmanager
 from pathlib import Path
 
 import cv2
@@ -85,10 +87,33 @@ def api_with(stack: Stack, extra: dict[str, str]) -> Iterator[None]:
         restart({})
 
 
+def _sqlite_locked(path: Path) -> bool:
+    """Whether another process holds a lock that a write to this SQLite file would wait on."""
+    if not path.exists():
+        return False
+    with closing(sqlite3.connect(path, timeout=0.05)) as conn:
+        try:
+            conn.execute("BEGIN EXCLUSIVE")
+        except sqlite3.OperationalError:
+            return True
+        conn.rollback()
+    return False
+
+
 @contextmanager
 def worker_paused(stack: Stack) -> Iterator[None]:
+    """SIGSTOP the worker, but never inside one of its SQLite transactions (the embedded
+    database and broker): a frozen lock holder would stall the API, not the queue."""
     assert stack.worker is not None
-    stack.worker.send_signal(signal.SIGSTOP)
+    files = [stack.workdir / "data" / name for name in ("service.db", "broker.db")]
+    for _ in range(200):
+        stack.worker.send_signal(signal.SIGSTOP)
+        if not any(_sqlite_locked(f) for f in files):
+            break
+        stack.worker.send_signal(signal.SIGCONT)
+        time.sleep(0.05)
+    else:
+        raise AssertionError("the worker always held a SQLite lock: cannot pause it cleanly")
     try:
         yield
     finally:
