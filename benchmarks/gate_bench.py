@@ -17,7 +17,6 @@ pass and Grad-CAM does not depend on the weight values).
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import tempfile
 import time
@@ -108,7 +107,9 @@ def measure(model: Path, gate_dir: Path, data: bytes, repeats: int) -> list[dict
 
 def winner_label(model: Path) -> str:
     """``<study>/winner: <trial or members>, <size> px``, from the winner's winner.json."""
-    info = json.loads((Path(model) / "winner.json").read_text())
+    from study.select.model_io import read_info
+
+    info = read_info(Path(model))
     what = " + ".join(info.get("members") or []) or info.get("family")
     return f"{Path(model).resolve().parent.name}/winner: {what}, {info.get('image_size')} px"
 

@@ -95,9 +95,7 @@ MODALITY_NAMES = {
     "SM": "a microscopy slide",
     "ES": "an endoscopy image",
 }
-DICOM_FIELDS = SAFE_FIELDS
-SAFE_META = DICOM_FIELDS
-SAFE_META += ("transfer_syntax", "bit_depth")
+SAFE_META = SAFE_FIELDS + ("transfer_syntax", "bit_depth")
 
 # Other image containers: recognised only to say "unsupported" instead of "not an image".
 _OTHER_MAGIC = (
@@ -351,7 +349,7 @@ def _dicom_checks(meta: dict[str, Any], checks: dict) -> str | None:
 
 def _header_refusal(meta: dict[str, Any], checks: dict) -> GateResult | None:
     """A DICOM refused on its header fields alone (pixels never read), or None."""
-    header = {k: str(v) for k, v in meta.items() if k in DICOM_FIELDS}
+    header = {k: str(v) for k, v in meta.items() if k in SAFE_FIELDS}
     msg = _dicom_checks(header, checks)
     if msg is None:
         return None

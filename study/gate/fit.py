@@ -8,10 +8,10 @@ set for the README table only). The rules:
   vary between hospitals; blur and detail do not), widened by ``margin`` times its
   distance from the median (log scale for scale-like features); the X-ray layer uses a
   wider margin (2) than the quality layer (1) because it must pass radiographs the
-  chest set never shows. Colour has a floor of
-  5% (coloured burned-in annotations), clipped white one of 2%. The smallest side is
-  the winner's input size (a smaller film would be enlarged: detail the model was
-  never shown is missing), or the smallest training film without a winner.
+  chest set never shows. Colour has a floor of 5% (coloured burned-in annotations),
+  clipped white one of 2%. The smallest side is the winner's input size (a smaller
+  film would be enlarged: detail the model was never shown is missing), or the
+  smallest training film without a winner.
 * chest detector: Ledoit-Wolf Mahalanobis density on the chest fit features and a
   multinomial logistic regression against the real negatives (study.gate.sources).
   Each threshold sits midway between the calibration chest films (held-out patients

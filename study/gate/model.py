@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy.special import expit, softmax
 
 from study.gate.embed import BACKBONE_FILE, EMBED_SIZE, RUNTIME, embedder, embedding_dim
 from study.gate.scalar import FEATURES, WORK_SIZE, GateFeatures, compute_features
@@ -94,11 +95,9 @@ class Detector:
         z = (np.atleast_2d(emb).astype(np.float64) - self.scale_mean) / self.scale_std
         c = z - self.centre
         dist = np.sqrt(np.maximum(np.einsum("ij,jk,ik->i", c, self.precision, c), 0.0))
-        logits = z @ self.coef.T + self.intercept
-        logits -= logits.max(axis=1, keepdims=True)
-        p = np.exp(logits)
-        xray = 1.0 / (1.0 + np.exp(-(z @ self.xray_coef + self.xray_intercept[0])))
-        return {"distance": dist, "proba": p / p.sum(axis=1, keepdims=True), "xray": xray}
+        proba = softmax(z @ self.coef.T + self.intercept, axis=1)
+        xray = expit(z @ self.xray_coef + self.xray_intercept[0])
+        return {"distance": dist, "proba": proba, "xray": xray}
 
     def arrays(self) -> dict[str, np.ndarray]:
         return {k: np.asarray(v) for k, v in vars(self).items()}

@@ -26,6 +26,7 @@ altogether (neither fitted nor used for a threshold): the dev set only fills the
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import warnings
 from collections.abc import Callable
@@ -302,10 +303,16 @@ def skimage_items(n_variants: int, seed: int) -> list[Item]:
     return items
 
 
-def _lfw(index: int) -> np.ndarray:
+@functools.cache
+def _lfw_subset() -> np.ndarray:
+    """The 200 LFW crops, read once per fit (every item loads one of them)."""
     import skimage.data
 
-    img = skimage.data.lfw_subset()[index]
+    return skimage.data.lfw_subset()
+
+
+def _lfw(index: int) -> np.ndarray:
+    img = _lfw_subset()[index]
     return cv2.resize(img, None, fx=LFW_SCALE, fy=LFW_SCALE, interpolation=cv2.INTER_CUBIC)
 
 
